@@ -1,0 +1,33 @@
+# Two commands: `make eval` (the main job) and `make test`. The first use makes .venv.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+MODEL ?= minilm-l6
+TASK ?= trec-dl-2019
+ARGS ?=
+# torch first, pinned: a plain `torch` requirement pulls a multi-GB CUDA build on CPU boxes.
+TORCH ?= torch==2.13.0
+
+.PHONY: setup eval test lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[models,dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+eval: $(VENV)/.installed
+	$(PY) -m harness eval --model $(MODEL) --task $(TASK) $(ARGS)
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q $(ARGS)
+
+lint: $(VENV)/.installed
+	$(PY) -m ruff check harness tests
+	$(PY) -m mypy
+
+clean:
+	rm -rf results/*/ results/cache.sqlite*

@@ -1,0 +1,150 @@
+"""Command line: `python -m harness eval|run|tasks|models`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from harness.errors import HarnessError
+
+log = logging.getLogger("harness")
+
+
+def _console():  # type: ignore[no-untyped-def]
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+@contextmanager
+def _progress_factory(enabled: bool) -> Iterator[Callable[[str, int], Callable[[int], None]] | None]:
+    if not enabled:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), transient=False, console=_console()) as bar:
+
+        def factory(name: str, total: int) -> Callable[[int], None]:
+            task = bar.add_task(name, total=total)
+            return lambda n: bar.advance(task, n)
+
+        yield factory
+
+
+def _print_outcome(outcome) -> None:  # type: ignore[no-untyped-def]
+    from rich.table import Table
+
+    from harness.report import outcome_rows
+
+    console = _console()
+    header, rows, notes = outcome_rows(outcome)
+    table = Table(title=f"{outcome.task.name} - {outcome.first_stage.name} top-{outcome.first_stage.depth}")
+    for h in header:
+        table.add_column(h, justify="right" if h != "system" else "left")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    for note in notes:
+        console.print(note)
+    console.print(f"bundle: {outcome.bundle}")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: results)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from harness.pipeline import PipelineSpec, run_pipeline
+
+    pipeline = PipelineSpec.single(args.model, args.weights)
+    with _progress_factory(not args.no_progress) as progress:
+        outcome = run_pipeline(pipeline, args.task, first_stage=args.first_stage, depth=args.depth,
+                               results=args.results, measures=args.measures, progress=progress)
+    _print_outcome(outcome)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from harness.pipeline import run_pipeline
+    from harness.runspec import load_run_spec
+
+    spec = load_run_spec(args.config)
+    jobs = spec.jobs()
+    # Validate every model config of every job before any compute is spent.
+    from harness.registry import load_model_config
+
+    configs = {id(p): [load_model_config(s.model, s.weights) for s in p.stages] for p, _ in jobs}
+    with _progress_factory(not args.no_progress) as progress:
+        for pipeline, task in jobs:
+            outcome = run_pipeline(pipeline, task, first_stage=spec.first_stage, depth=spec.depth,
+                                   results=args.results or Path(spec.results), measures=spec.measures,
+                                   progress=progress, configs=configs[id(pipeline)] or None)
+            _print_outcome(outcome)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from harness.registry import available_models
+    from harness.tasks import available_tasks
+
+    names = available_tasks() if args.command == "tasks" else available_models()
+    console = _console()
+    for name in names:
+        console.print(name)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m harness", description="Evaluate LLM rerankers.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("eval", help="evaluate one model (or none) on one task")
+    p.add_argument("--model", required=True, help="a config in configs/models, a YAML path, or 'none'")
+    p.add_argument("--task", required=True, help="e.g. trec-dl-2019, beir/scifact, nevir")
+    p.add_argument("--first-stage", help="a first stage of the task, or a run file path")
+    p.add_argument("--depth", type=int, default=100, help="candidates per query from the first stage")
+    p.add_argument("--measures", nargs="+", help="ir_measures strings (default: the task's)")
+    p.add_argument("--weights", help="a local folder with the model's weights (overrides the config)")
+    _add_common(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("run", help="run a config of several models x tasks")
+    p.add_argument("config", type=Path)
+    p.add_argument("--results", type=Path, default=None)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_run)
+
+    for name in ("tasks", "models"):
+        p = sub.add_parser(name, help=f"list the known {name}")
+        p.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from rich.logging import RichHandler
+
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s",
+                        handlers=[RichHandler(console=_console(), show_path=False, show_time=False)])
+    for noisy in ("httpx", "urllib3", "filelock", "huggingface_hub", "sentence_transformers", "bm25s"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return int(args.func(args))
+    except HarnessError as exc:
+        log.error("%s", exc)
+        return 2
+    except KeyboardInterrupt:
+        log.error("interrupted; finished model outputs are in the cache and will be reused")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""Where data files come from: a local mirror, the download cache, or the official URL.
+
+Order of resolution for a file `path` (relative, e.g. `beir/scifact/corpus.jsonl`):
+1. the mirror: `$HARNESS_DATA_MIRROR/path`, or, when that variable is unset, `../shared/data/path`
+   beside the project if such a folder exists;
+2. the download cache: `$HARNESS_CACHE_DIR/data/path` (default `~/.cache/harness/data/path`);
+3. the official URL, downloaded into the cache and checked against its published checksum.
+Offline and absent, the error says what to download and where to put it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from harness.errors import DataNotFoundError, InputError
+
+log = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DOWNLOAD_TIMEOUT_S = 30
+
+
+class DataFile(BaseModel):
+    """One data file and where to get it. `format` tells the reader how to parse it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str
+    format: str
+    url: str | None = None
+    sha256: str | None = None  # of the file itself
+    archive_md5: str | None = None  # of the archive at `url`, as BEIR publishes it
+    member: str | None = None  # the file's path inside the archive at `url`
+
+
+def mirror_dir() -> Path | None:
+    env = os.environ.get("HARNESS_DATA_MIRROR")
+    if env:
+        return Path(env).expanduser()
+    default = PROJECT_ROOT.parent / "shared" / "data"
+    return default if default.is_dir() else None
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("HARNESS_CACHE_DIR")
+    base = Path(env).expanduser() if env else Path.home() / ".cache" / "harness"
+    return base / "data"
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def locate(file: DataFile) -> Path | None:
+    """The local copy of `file`, if the mirror or the cache has one."""
+    mirror = mirror_dir()
+    for root in ([mirror] if mirror else []) + [cache_dir()]:
+        candidate = root / file.path
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def resolve(file: DataFile, what: str) -> Path:
+    """Return a local path to `file`, downloading it when allowed; raise a helpful error if not."""
+    found = locate(file)
+    if found is not None:
+        return found
+    if file.url is None or os.environ.get("HARNESS_OFFLINE") == "1":
+        raise DataNotFoundError(_missing_message(file, what, reason="no download is allowed"))
+    try:
+        return _download(file)
+    except (urllib.error.URLError, TimeoutError, OSError) as exc:
+        raise DataNotFoundError(_missing_message(file, what, reason=f"download failed: {exc}")) from exc
+
+
+def _missing_message(file: DataFile, what: str, reason: str) -> str:
+    mirror = mirror_dir()
+    where = f"the mirror {mirror}" if mirror else "no mirror (HARNESS_DATA_MIRROR is unset)"
+    lines = [
+        f"{what}: {file.path} is not in {where} nor in the cache {cache_dir()}; {reason}.",
+    ]
+    if file.url:
+        fetch = f"Download {file.url}"
+        if file.member:
+            fetch += f", unpack it, and copy its {file.member}"
+        lines.append(f"{fetch} to <mirror>/{file.path} (or to {cache_dir() / file.path}),")
+        lines.append("or set HARNESS_DATA_MIRROR to a folder that holds it.")
+    else:
+        lines.append(f"Put the file at <mirror>/{file.path} and set HARNESS_DATA_MIRROR to <mirror>.")
+    return " ".join(lines)
+
+
+def _download(file: DataFile) -> Path:
+    assert file.url is not None
+    target = cache_dir() / file.path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    log.info("downloading %s", file.url)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        fetched = Path(tmp) / "download"
+        with urllib.request.urlopen(file.url, timeout=DOWNLOAD_TIMEOUT_S) as response, fetched.open("wb") as out:  # noqa: S310
+            shutil.copyfileobj(response, out)
+        if file.archive_md5:
+            got = hashlib.md5(fetched.read_bytes()).hexdigest()  # noqa: S324 - BEIR publishes md5
+            if got != file.archive_md5:
+                raise InputError(file.url, f"md5 {got} does not match the published {file.archive_md5}")
+        if file.member:
+            _unpack_archive(fetched, file)
+        else:
+            fetched.replace(target)
+    if not target.is_file():
+        raise InputError(file.url, f"the archive has no member {file.member!r}")
+    if file.sha256 and sha256_file(target) != file.sha256:
+        bad = target.with_suffix(target.suffix + ".bad")
+        target.replace(bad)
+        raise InputError(file.url, f"sha256 of the download does not match {file.sha256}; kept as {bad}")
+    return target
+
+
+def _unpack_archive(archive: Path, file: DataFile) -> None:
+    """Unpack every member of a dataset archive beside the wanted one (a BEIR zip holds corpus,
+    queries and qrels together, so one download serves all three)."""
+    assert file.member is not None
+    target = cache_dir() / file.path
+    # The member path `scifact/qrels/test.tsv` maps to `.../beir/scifact/qrels/test.tsv`: find the
+    # folder that plays the role of the archive's root.
+    depth = len(Path(file.member).parts)
+    root = target
+    for _ in range(depth):
+        root = root.parent
+    with zipfile.ZipFile(archive) as zf:
+        for info in zf.infolist():
+            dest = (root / info.filename).resolve()
+            if not str(dest).startswith(str(root.resolve())):
+                raise InputError(archive, f"archive member {info.filename!r} escapes its folder")
+            if info.is_dir():
+                continue
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(info) as src, dest.open("wb") as out:
+                shutil.copyfileobj(src, out)
+
+
+def checksum(path: Path) -> str:
+    """sha256 of a data file, remembered per (path, size, mtime) so big files are hashed once."""
+    import json
+
+    stat = path.stat()
+    memo_path = cache_dir().parent / "checksums.json"
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    try:
+        memo = json.loads(memo_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        memo = {}
+    if key not in memo:
+        memo[key] = sha256_file(path)
+        try:
+            memo_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = memo_path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(memo, indent=0, sort_keys=True), encoding="utf-8")
+            tmp.replace(memo_path)
+        except OSError:
+            log.debug("could not write the checksum memo %s", memo_path)
+    return str(memo[key])

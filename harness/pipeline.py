@@ -1,0 +1,210 @@
+"""One evaluation: a task, its first stage, a chain of reranking stages, metrics, a result bundle."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from harness.cache import Cache, stable_hash
+from harness.errors import ConfigError, HarnessError
+from harness.evaluate import PAIRED_ACCURACY, Evaluation, evaluate, judged_documents, paired_accuracy
+from harness.firststage import FirstStage, load_first_stage
+from harness.records import Document, Judgment, Run, ScoredDoc, sort_trec
+from harness.registry import build_reranker, load_model_config
+from harness.rerankers.base import ModelConfig, RerankRequest, RerankStats
+from harness.taskdata import TaskData, load_task_data
+from harness.tasks import TaskSpec, load_task
+
+log = logging.getLogger(__name__)
+
+ProgressFactory = Callable[[str, int], Callable[[int], None]]
+
+
+class StageSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str
+    depth: int | None = Field(default=None, ge=1)  # None: every candidate of the previous stage
+    weights: str | None = None  # a local folder that replaces the config's weights
+
+
+class PipelineSpec(BaseModel):
+    """A named chain of reranking stages; no stages means the first stage alone."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    stages: list[StageSpec] = []
+
+    @classmethod
+    def single(cls, model: str | None, weights: str | None = None) -> PipelineSpec:
+        if model in (None, "none"):
+            return cls(name="none")
+        return cls(name=Path(model).stem if model.endswith((".yaml", ".yml")) else model,
+                   stages=[StageSpec(model=model, weights=weights)])
+
+
+@dataclass
+class StageResult:
+    config: ModelConfig
+    fingerprint: dict[str, Any]
+    depth: int
+    stats: RerankStats
+    judgments: list[Judgment]
+    seconds: float
+
+
+@dataclass
+class Outcome:
+    task: TaskSpec
+    pipeline: PipelineSpec
+    first_stage: FirstStage
+    first_eval: Evaluation
+    final_run: Run
+    final_eval: Evaluation | None
+    stages: list[StageResult] = field(default_factory=list)
+    bundle: Path | None = None
+    seconds: float = 0.0
+
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_name(name: str) -> str:
+    """A name usable as one path component: no separators, no `..`, never empty."""
+    cleaned = _SAFE.sub("_", name.replace("/", "__")).strip("._") or "_"
+    return cleaned[:120]
+
+
+def bundle_dir(results: Path, task: str, first_stage: str, depth: int, pipeline: str) -> Path:
+    root = results.resolve()
+    path = (root / safe_name(task) / f"{safe_name(first_stage)}.top{depth}" / safe_name(pipeline)).resolve()
+    if root not in path.parents:
+        raise ConfigError(f"result path {path} would leave the results folder {root}")
+    return path
+
+
+def merge_stage(previous: list[ScoredDoc], judged: list[Judgment]) -> list[ScoredDoc]:
+    """The reranked head (by the stage's scores) followed by the untouched tail.
+
+    The tail keeps its order below the head: its scores are shifted under the head's minimum.
+    """
+    head_ids = {j.doc_id for j in judged}
+    head = sort_trec([ScoredDoc(j.query_id, j.doc_id, j.score) for j in judged])
+    tail = [d for d in previous if d.doc_id not in head_ids]
+    if not tail:
+        return head
+    floor = min((d.score for d in head), default=0.0)
+    return head + [ScoredDoc(d.query_id, d.doc_id, floor - 1.0 - i) for i, d in enumerate(tail)]
+
+
+def _documents_for(stage: FirstStage, data: TaskData) -> Mapping[str, Document]:
+    if stage.documents is not None:
+        return stage.documents
+    if not data.spec.corpus:
+        raise ConfigError(f"{data.spec.name}: first stage {stage.name!r} carries no passage texts "
+                          "and the task names no corpus")
+    return data.corpus
+
+
+def run_pipeline(
+    pipeline: PipelineSpec,
+    task_name: str,
+    *,
+    first_stage: str | None = None,
+    depth: int = 100,
+    results: Path = Path("results"),
+    measures: list[str] | None = None,
+    progress: ProgressFactory | None = None,
+    cache_path: Path | None = None,
+    configs: list[ModelConfig] | None = None,
+) -> Outcome:
+    started = time.perf_counter()
+    spec = load_task(task_name)
+    # Validate every model config before any data or compute is spent.
+    configs = configs or [load_model_config(s.model, s.weights) for s in pipeline.stages]
+    data = load_task_data(spec)
+    judged = judged_documents(data.qrels)
+    stage0 = load_first_stage(spec, first_stage, depth, corpus=lambda: data.corpus,
+                              queries=data.queries, judged=judged)
+    if stage0.files:
+        data.files.update(stage0.files)
+    names = measures or spec.measures
+    first_eval = _evaluate(stage0.run, data, names)
+    outcome = Outcome(spec, pipeline, stage0, first_eval, stage0.run, None)
+    if pipeline.stages:
+        documents = _documents_for(stage0, data)
+        queries = dict(data.queries)
+        if stage0.queries:
+            for qid, text in stage0.queries.items():
+                queries.setdefault(qid, text)
+        current = stage0.run
+        with Cache(cache_path or results / "cache.sqlite") as cache:
+            for stage, config in zip(pipeline.stages, configs, strict=True):
+                current, result = _run_stage(stage, config, current, queries, documents, cache, progress)
+                outcome.stages.append(result)
+        outcome.final_run = current
+        outcome.final_eval = _evaluate(current, data, names)
+    outcome.seconds = time.perf_counter() - started
+    from harness.bundle import write_bundle
+
+    outcome.bundle = write_bundle(outcome, data, results)
+    return outcome
+
+
+def _evaluate(run: Run, data: TaskData, names: list[str]) -> Evaluation:
+    result = evaluate(run, data.qrels, names)
+    if data.spec.paired_accuracy:
+        acc, per_pair, ties = paired_accuracy(run, data.pairs)
+        result.aggregate = {PAIRED_ACCURACY: acc, **result.aggregate}
+        result.extra = {"paired_accuracy": {"pairs": len(per_pair), "tied_queries": ties, "per_pair": per_pair}}
+    return result
+
+
+def _run_stage(stage: StageSpec, config: ModelConfig, current: Run, queries: Mapping[str, str],
+               documents: Mapping[str, Document], cache: Cache,
+               progress: ProgressFactory | None) -> tuple[Run, StageResult]:
+    requests = []
+    missing_text: list[str] = []
+    missing_docs: set[str] = set()
+    for qid in sorted(current):
+        if qid not in queries:
+            missing_text.append(qid)
+            continue
+        head = current[qid][: stage.depth] if stage.depth else current[qid]
+        cands = []
+        for d in head:
+            doc = documents.get(d.doc_id)
+            if doc is None:
+                missing_docs.add(d.doc_id)
+            else:
+                cands.append(doc)
+        requests.append(RerankRequest(qid, queries[qid], cands))
+    if missing_text:
+        raise HarnessError(f"{len(missing_text)} queries of the run have no text: {missing_text[:5]}")
+    if missing_docs:
+        raise HarnessError(f"{len(missing_docs)} documents of the run have no text in the corpus: "
+                           f"{sorted(missing_docs)[:5]}")
+    total = sum(len(r.candidates) for r in requests)
+    log.info("stage %s: %d queries, %d documents", config.name, len(requests), total)
+    started = time.perf_counter()
+    reranker = build_reranker(config)
+    tick = progress(f"{config.name}", total) if progress else None
+    judged, stats = reranker.rerank(requests, cache, tick)
+    seconds = time.perf_counter() - started
+    new_run: Run = dict(current)
+    flat: list[Judgment] = []
+    for req, js in zip(requests, judged, strict=True):
+        new_run[req.query_id] = merge_stage(current[req.query_id], js)
+        flat.extend(js)
+    depth = stage.depth or max((len(r.candidates) for r in requests), default=0)
+    fingerprint = reranker.fingerprint()
+    fingerprint["hash"] = stable_hash(fingerprint)
+    return new_run, StageResult(config, fingerprint, depth, stats, flat, seconds)

@@ -1,0 +1,37 @@
+"""Tables of results for people: first stage vs reranked, with counts and fallbacks."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from harness.pipeline import Outcome
+
+
+def fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def outcome_rows(outcome: Outcome) -> tuple[list[str], list[list[str]], list[str]]:
+    measures = list(outcome.first_eval.aggregate)
+    header = ["system", *measures]
+    first = outcome.first_eval.aggregate
+    rows = [[f"first stage ({outcome.first_stage.name})", *(fmt(first[m]) for m in measures)]]
+    if outcome.final_eval is not None:
+        rows.append([f"reranked ({outcome.pipeline.name})", *(fmt(outcome.final_eval.aggregate[m]) for m in measures)])
+    notes = [f"judged queries: {len(outcome.first_eval.per_query)}"]
+    if outcome.first_eval.missing_queries:
+        missing = len(outcome.first_eval.missing_queries)
+        notes.append(f"queries judged but absent from the first stage (scored 0): {missing}")
+    for note in outcome.first_stage.notes:
+        notes.append(f"note: {note}")
+    for st in outcome.stages:
+        s = st.stats
+        line = (f"{st.config.name}: {s.items} items, {s.from_cache} from cache, {s.computed} computed, "
+                f"{st.seconds:.1f}s")
+        if s.fallbacks:
+            line += "; fallbacks: " + ", ".join(f"{k} {v}" for k, v in sorted(s.fallbacks.items()))
+        else:
+            line += "; fallbacks: none"
+        notes.append(line)
+    return header, rows, notes

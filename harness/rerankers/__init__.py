@@ -1,0 +1,1 @@
+"""Reranker families. Each module defines a config schema and a class; see harness.registry."""

@@ -1,0 +1,183 @@
+"""The one reranker interface, batch first, for every paradigm.
+
+A reranker receives all the requests of a stage at once and owns sorting, batching and caching.
+Pointwise families only write `pair_input` and `score_pairs`; `PointwiseReranker.rerank` does the
+rest (cache look-up, committing finished batches, counting what was computed).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+from harness.cache import Cache, stable_hash
+from harness.records import Document, Judgment
+from harness.weights import ResolvedWeights, Weights, resolve_weights
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int], None]  # called with the number of items just finished
+
+
+class ModelConfig(BaseModel):
+    """Fields every model config has; each family adds its own, with a literal `type`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    type: str
+    description: str = ""
+    weights: Weights
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    device: str = "auto"
+    batch_size: int = 32
+    trust_remote_code: bool = False
+    cache_every: int = 512  # items between cache commits: what a kill can lose at most
+
+
+@dataclass(frozen=True)
+class RerankRequest:
+    query_id: str
+    query: str
+    candidates: list[Document]  # in the order of the previous stage
+
+
+@dataclass
+class RerankStats:
+    items: int = 0
+    from_cache: int = 0
+    computed: int = 0
+    fallbacks: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"items": self.items, "from_cache": self.from_cache, "computed": self.computed,
+                "fallbacks": dict(sorted(self.fallbacks.items()))}
+
+
+class Reranker(Protocol):
+    config: ModelConfig
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Everything that decides an output: weights revision, dtype, backend, versions, prompt."""
+        ...
+
+    def rerank(self, requests: Sequence[RerankRequest], cache: Cache,
+               progress: Progress | None = None) -> tuple[list[list[Judgment]], RerankStats]:
+        ...
+
+
+def torch_device_and_dtype(config: ModelConfig) -> tuple[Any, Any]:
+    import torch
+
+    device = config.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if config.dtype == "auto":
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    else:
+        dtype = getattr(torch, config.dtype)
+    return torch.device(device), dtype
+
+
+class PointwiseReranker:
+    """Shared machinery of families that score each (query, document) pair on its own."""
+
+    config: ModelConfig
+    backend: ClassVar[str] = ""
+
+    def __init__(self, config: ModelConfig, weights: ResolvedWeights | None = None) -> None:
+        self.config = config
+        self.weights = weights or resolve_weights(config.weights, config.name)
+        self.calls = 0  # items computed by the model in this process
+
+    # --- what a family writes -------------------------------------------------------------
+    def pair_input(self, query: str, doc: Document) -> Any:
+        """The exact input of one pair (after templating): part of the cache key."""
+        raise NotImplementedError
+
+    def score_pairs(self, inputs: list[Any]) -> list[Judgment]:
+        """Score a batch of pair inputs; query_id/doc_id of the judgments are filled in later."""
+        raise NotImplementedError
+
+    def backend_info(self) -> dict[str, Any]:
+        return {}
+
+    # --- shared --------------------------------------------------------------------------
+    def fingerprint(self) -> dict[str, Any]:
+        # What cannot change an output stays out of the key: names, batch size, device.
+        decided_by = self.config.model_dump(
+            exclude={"name", "description", "batch_size", "cache_every", "weights", "device"})
+        return {
+            "weights": self.weights.source,
+            "revision": self.weights.revision,
+            "config": decided_by,
+            "backend": self.backend,
+            **self.backend_info(),
+        }
+
+    def rerank(self, requests: Sequence[RerankRequest], cache: Cache,
+               progress: Progress | None = None) -> tuple[list[list[Judgment]], RerankStats]:
+        fp = stable_hash(self.fingerprint())
+        flat: list[tuple[int, Document, Any, str]] = []
+        for r, req in enumerate(requests):
+            for doc in req.candidates:
+                item = self.pair_input(req.query, doc)
+                flat.append((r, doc, item, Cache.key(fp, item)))
+        stats = RerankStats(items=len(flat))
+        known = cache.get_many({k for *_, k in flat})
+        stats.from_cache = sum(1 for *_, k in flat if k in known)
+        if progress and stats.from_cache:
+            progress(stats.from_cache)
+        todo: dict[str, Any] = {}
+        for _, _, item, key in flat:
+            if key not in known and key not in todo:
+                todo[key] = item
+        keys = list(todo)
+        multiplicity = Counter(k for *_, k in flat)
+        step = max(1, self.config.cache_every)
+        for start in range(0, len(keys), step):
+            chunk = keys[start : start + step]
+            judged = self.score_pairs([todo[k] for k in chunk])
+            self.calls += len(chunk)
+            entries = {k: {"score": j.score, "extra": j.extra, "fallback": j.fallback}
+                       for k, j in zip(chunk, judged, strict=True)}
+            cache.put_many(fp, entries)
+            known.update(entries)
+            if progress:
+                progress(sum(multiplicity[k] for k in chunk))
+        stats.computed = len(keys)
+        out: list[list[Judgment]] = [[] for _ in requests]
+        for r, doc, _, key in flat:
+            value = known[key]
+            j = Judgment(requests[r].query_id, doc.doc_id, float(value["score"]), dict(value["extra"]),
+                         value["fallback"], cached=key not in todo)
+            if j.fallback:
+                stats.fallbacks[j.fallback] = stats.fallbacks.get(j.fallback, 0) + 1
+            out[r].append(j)
+        return out, stats
+
+
+def chunks(seq: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    return [seq[i : i + size] for i in range(0, len(seq), size)]
+
+
+def config_hash(obj: Any) -> str:
+    return stable_hash(obj)[:16]
+
+
+__all__ = [
+    "Document",
+    "Judgment",
+    "ModelConfig",
+    "PointwiseReranker",
+    "RerankRequest",
+    "RerankStats",
+    "Reranker",
+    "chunks",
+    "torch_device_and_dtype",
+]

