@@ -21,6 +21,9 @@ MODELS_DIR = PROJECT_ROOT / "configs" / "models"
 FAMILIES: dict[str, tuple[str, str]] = {
     "bi-encoder": ("harness.rerankers.biencoder:BiEncoderConfig", "harness.rerankers.biencoder:BiEncoder"),
     "cross-encoder": ("harness.rerankers.seqcls:SeqClsConfig", "harness.rerankers.seqcls:SequenceClassifier"),
+    "rank1": ("harness.rerankers.rank1:Rank1Config", "harness.rerankers.rank1:Rank1"),
+    "listwise": ("harness.rerankers.listwise:ListwiseConfig", "harness.rerankers.listwise:ListwiseReranker"),
+    "monot5": ("harness.rerankers.monot5:MonoT5Config", "harness.rerankers.monot5:MonoT5"),
 }
 
 

@@ -42,7 +42,7 @@ class SequenceClassifier(PointwiseReranker):
         if config.padding_side:
             self.tokenizer.padding_side = config.padding_side
         self.model = transformers.AutoModelForSequenceClassification.from_pretrained(  # type: ignore[attr-defined]
-            local, torch_dtype=dtype, trust_remote_code=config.trust_remote_code)
+            local, dtype=dtype, trust_remote_code=config.trust_remote_code)
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.model.to(device).eval()
