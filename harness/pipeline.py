@@ -148,7 +148,8 @@ def run_pipeline(
         current = stage0.run
         with Cache(cache_path or results / "cache.sqlite") as cache:
             for stage, config in zip(pipeline.stages, configs, strict=True):
-                current, result = _run_stage(stage, config, current, queries, documents, cache, progress)
+                current, result = _run_stage(stage, config, current, queries, documents, cache, progress,
+                                             spec.prompt_key)
                 outcome.stages.append(result)
         outcome.final_run = current
         outcome.final_eval = _evaluate(current, data, names)
@@ -170,7 +171,7 @@ def _evaluate(run: Run, data: TaskData, names: list[str]) -> Evaluation:
 
 def _run_stage(stage: StageSpec, config: ModelConfig, current: Run, queries: Mapping[str, str],
                documents: Mapping[str, Document], cache: Cache,
-               progress: ProgressFactory | None) -> tuple[Run, StageResult]:
+               progress: ProgressFactory | None, prompt_key: str = "") -> tuple[Run, StageResult]:
     requests = []
     missing_text: list[str] = []
     missing_docs: set[str] = set()
@@ -186,7 +187,7 @@ def _run_stage(stage: StageSpec, config: ModelConfig, current: Run, queries: Map
                 missing_docs.add(d.doc_id)
             else:
                 cands.append(doc)
-        requests.append(RerankRequest(qid, queries[qid], cands))
+        requests.append(RerankRequest(qid, queries[qid], cands, prompt_key))
     if missing_text:
         raise HarnessError(f"{len(missing_text)} queries of the run have no text: {missing_text[:5]}")
     if missing_docs:

@@ -7,6 +7,7 @@ random (seeded) weights, and saves both to a folder that loads through the same
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from pathlib import Path
 def train_wordpiece(texts: Iterable[str], vocab_size: int = 2000):  # type: ignore[no-untyped-def]
     """A BERT-style (WordPiece, lower-cased) fast tokenizer trained on `texts`."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import BertTokenizerFast
+    from transformers import BertTokenizerFast  # type: ignore[attr-defined]
 
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
@@ -37,7 +38,8 @@ def build_bert_cross_encoder(out: str | Path, texts: Iterable[str], *, seed: int
     out = Path(out)
     tokenizer = train_wordpiece(texts)
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+    config = BertConfig(  # type: ignore[call-arg]
+        vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=128, max_position_embeddings=512, num_labels=1,
                         pad_token_id=tokenizer.pad_token_id)
     model = BertForSequenceClassification(config)
@@ -154,7 +156,7 @@ def build_lora_adapter(base: str | Path, out: str | Path, task_type: str = "SEQ_
         for name, param in peft_model.named_parameters():
             if "lora_B" in name:
                 param.normal_(0, 0.05)
-    peft_model.save_pretrained(out)
+    peft_model.save_pretrained(str(out))
     return out
 
 
@@ -162,7 +164,7 @@ def build_t5(out: str | Path, texts: Iterable[str], *, seed: int = 0) -> Path:
     """A 2-layer T5 with a Unigram (SentencePiece-style) tokenizer in which `▁true` and `▁false` exist."""
     import torch
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import T5Config, T5ForConditionalGeneration, T5TokenizerFast
+    from transformers import T5Config, T5ForConditionalGeneration, T5TokenizerFast  # type: ignore[attr-defined]
 
     out = Path(out)
     tok = Tokenizer(models.Unigram())
@@ -172,12 +174,18 @@ def build_t5(out: str | Path, texts: Iterable[str], *, seed: int = 0) -> Path:
     corpus = list(texts) + ["Relevant: true", "Relevant: false"] * 200
     tok.train_from_iterator(corpus, trainers.UnigramTrainer(vocab_size=2000, special_tokens=["<pad>", "</s>", "<unk>"],
                                                             unk_token="<unk>"))
+    # monoT5 reads the logits of the pieces `▁true` and `▁false`: make sure both are in the vocab.
+    spec = json.loads(tok.to_str())
+    pieces = {p for p, _ in spec["model"]["vocab"]}
+    spec["model"]["vocab"] += [[p, -2.0] for p in ("▁true", "▁false") if p not in pieces]
+    tok = Tokenizer.from_str(json.dumps(spec))
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
                                                        special_tokens=[("</s>", tok.token_to_id("</s>"))])
     tokenizer = T5TokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
                                 extra_ids=0)
     torch.manual_seed(seed)
-    config = T5Config(vocab_size=len(tokenizer), d_model=64, d_kv=32, d_ff=128, num_layers=2, num_heads=2,
+    config = T5Config(  # type: ignore[call-arg]
+        vocab_size=len(tokenizer), d_model=64, d_kv=32, d_ff=128, num_layers=2, num_heads=2,
                       decoder_start_token_id=tokenizer.pad_token_id, pad_token_id=tokenizer.pad_token_id,
                       eos_token_id=tokenizer.eos_token_id)
     model = T5ForConditionalGeneration(config)

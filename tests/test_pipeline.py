@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -88,7 +89,7 @@ def test_merge_stage_keeps_tail_below_head() -> None:
     head = [Judgment("q", "d1", 0.9), Judgment("q", "d0", 0.1)]
     merged = merge_stage(prev, head)
     assert [d.doc_id for d in merged] == ["d1", "d0", "d2", "d3", "d4"]
-    assert all(a.score > b.score for a, b in zip(merged, merged[1:], strict=False))
+    assert all(a.score > b.score for a, b in itertools.pairwise(merged))
 
 
 def test_two_stage_pipeline(tmp_path: Path, tiny_cross_encoder: Path, results: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,7 @@ def test_real_dl19_files(data: Path) -> None:
     assert all(len(v) <= 1000 for v in run.values())
     # best first, in trec_eval order
     for docs in run.values():
-        assert all(a.score >= b.score for a, b in zip(docs, docs[1:], strict=False))
+        assert all(a.score >= b.score for a, b in itertools.pairwise(docs))
 
 
 def test_rankgpt_json_matches_trec_twin(data: Path) -> None:

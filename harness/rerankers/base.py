@@ -45,6 +45,7 @@ class RerankRequest:
     query_id: str
     query: str
     candidates: list[Document]  # in the order of the previous stage
+    prompt_key: str = ""  # the task's key for per-dataset prompt templates (e.g. "scifact")
 
 
 @dataclass

@@ -2,16 +2,26 @@
 
 The input is a (query, document) text pair built from two templates and cut to `max_length`
 tokens; the score is the single logit (or the log-probability of `positive_label` when the head
-has several labels).
+has several labels). A LoRA adapter (`weights` pointing at an adapter folder) is applied with
+peft onto the base its `adapter_config.json` names (or `base:`), merged by default.
+
+DeAR pointwise follows the authors' published usage (`tokenizer("query: q", "document: title text",
+max_length=228, truncation=True)`, one logit). Their evaluation script instead builds the ids by
+hand (query cut to 32 tokens, passage to 193) and sets the model's pad id to 0 while padding with
+EOS to 228 tokens, so that the head may read a padding position; we pad with EOS, set the model's
+pad id to the tokenizer's, and pad on the right, so the head reads the last real token.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from harness.errors import require
 from harness.records import Document, Judgment
 from harness.rerankers.base import ModelConfig, PointwiseReranker, torch_device_and_dtype
+from harness.rerankers.hf import load_model, resolve_base
+from harness.weights import Weights
 
 
 class SeqClsConfig(ModelConfig):
@@ -22,6 +32,8 @@ class SeqClsConfig(ModelConfig):
     truncation: Literal["longest_first", "only_second"] = "longest_first"
     positive_label: int = 1  # used only when the head has more than one label
     padding_side: Literal["left", "right"] | None = None  # None: the tokenizer's own
+    base: Weights | None = None  # the base of a LoRA adapter, when its adapter_config should not decide
+    merge_lora: bool = True
 
 
 class SequenceClassifier(PointwiseReranker):
@@ -32,17 +44,22 @@ class SequenceClassifier(PointwiseReranker):
         super().__init__(config, weights)
         transformers = require("transformers", "models", "the cross-encoder family")
         device, dtype = torch_device_and_dtype(config)
-        local = self.weights.local_dir
+        self.base = resolve_base(self.weights, config.base, config.name)
+        # An adapter folder may lack a tokenizer: the base's is the one it was trained with.
+        tok_dir = self.weights.local_dir
+        if self.base is not None and not (Path(tok_dir) / "tokenizer_config.json").is_file():
+            tok_dir = self.base.local_dir
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(  # type: ignore[attr-defined]
-            local, trust_remote_code=config.trust_remote_code)
+            tok_dir, trust_remote_code=config.trust_remote_code)
         if self.tokenizer.pad_token is None:
             # Llama-family tokenizers ship without a pad token; padding with EOS is the usual
             # choice (and the one DeAR and RankLLaMA were trained with).
             self.tokenizer.pad_token = self.tokenizer.eos_token
         if config.padding_side:
             self.tokenizer.padding_side = config.padding_side
-        self.model = transformers.AutoModelForSequenceClassification.from_pretrained(  # type: ignore[attr-defined]
-            local, dtype=dtype, trust_remote_code=config.trust_remote_code)
+        self.model = load_model(transformers.AutoModelForSequenceClassification,  # type: ignore[attr-defined]
+                                self.weights, self.base, merge=config.merge_lora,
+                                trust_remote_code=config.trust_remote_code, dtype=dtype)
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.model.to(device).eval()
@@ -52,7 +69,10 @@ class SequenceClassifier(PointwiseReranker):
         import torch
         import transformers
 
-        return {"versions": {"transformers": transformers.__version__, "torch": torch.__version__}}
+        info: dict[str, Any] = {"versions": {"transformers": transformers.__version__, "torch": torch.__version__}}
+        if self.base is not None:
+            info["base"] = {"source": self.base.source, "revision": self.base.revision}
+        return info
 
     def pair_input(self, query: str, doc: Document) -> Any:
         q = self.config.query_template.format(query=query)
