@@ -64,11 +64,32 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from harness.pipeline import PipelineSpec, run_pipeline
 
     pipeline = PipelineSpec.single(args.model, args.weights)
-    with _progress_factory(not args.no_progress) as progress:
+    with _progress_factory(not args.no_progress and not args.dry_run) as progress:
         outcome = run_pipeline(pipeline, args.task, first_stage=args.first_stage, depth=args.depth,
-                               results=args.results, measures=args.measures, progress=progress)
+                               results=args.results, measures=args.measures, progress=progress,
+                               dry_run=args.dry_run)
+    if args.dry_run:
+        _print_preflight(outcome)
+        return 0
     _print_outcome(outcome)
     return 0
+
+
+def _print_preflight(outcome) -> None:  # type: ignore[no-untyped-def]
+    console = _console()
+    console.print(f"[bold]dry run[/bold]: {outcome.task.name}, first stage {outcome.first_stage.name} "
+                  f"top-{outcome.first_stage.depth}; nothing was computed")
+    if not outcome.preflight:
+        console.print("no reranking stage")
+    for rep in outcome.preflight:
+        console.print(f"\n[bold]{rep.model}[/bold] ({rep.type})")
+        for key, value in rep.summary().items():
+            if key not in ("model", "type"):
+                console.print(f"  {key}: {value}")
+        if rep.example:
+            console.rule("example input", style="dim")
+            console.print(rep.example, markup=False)
+            console.rule(style="dim")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -113,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--depth", type=int, default=100, help="candidates per query from the first stage")
     p.add_argument("--measures", nargs="+", help="ir_measures strings (default: the task's)")
     p.add_argument("--weights", help="a local folder with the model's weights (overrides the config)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="render each stage's prompts and count tokens against the context; compute nothing")
     _add_common(p)
     p.set_defaults(func=cmd_eval)
 

@@ -72,6 +72,7 @@ class Outcome:
     stages: list[StageResult] = field(default_factory=list)
     bundle: Path | None = None
     seconds: float = 0.0
+    preflight: list[Any] = field(default_factory=list)
 
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -125,6 +126,7 @@ def run_pipeline(
     progress: ProgressFactory | None = None,
     cache_path: Path | None = None,
     configs: list[ModelConfig] | None = None,
+    dry_run: bool = False,
 ) -> Outcome:
     started = time.perf_counter()
     spec = load_task(task_name)
@@ -139,6 +141,9 @@ def run_pipeline(
     names = measures or spec.measures
     first_eval = _evaluate(stage0.run, data, names)
     outcome = Outcome(spec, pipeline, stage0, first_eval, stage0.run, None)
+    if dry_run:
+        outcome.preflight = _preflight(pipeline, configs, stage0, data)
+        return outcome
     if pipeline.stages:
         documents = _documents_for(stage0, data)
         queries = dict(data.queries)
@@ -158,6 +163,19 @@ def run_pipeline(
 
     outcome.bundle = write_bundle(outcome, data, results)
     return outcome
+
+
+def _preflight(pipeline: PipelineSpec, configs: list[ModelConfig], stage0: FirstStage, data: TaskData) -> list[Any]:
+    """What each stage would send to its model. Later stages see the first stage's order (their
+    real input depends on the earlier stages' outputs, but not their lengths)."""
+    from harness.preflight import preflight_stage, requests_for
+
+    if not pipeline.stages:
+        return []
+    documents = _documents_for(stage0, data)
+    queries = {**(stage0.queries or {}), **data.queries}
+    return [preflight_stage(config, requests_for(stage0.run, queries, documents, stage.depth, data.spec.prompt_key))
+            for stage, config in zip(pipeline.stages, configs, strict=True)]
 
 
 def _evaluate(run: Run, data: TaskData, names: list[str]) -> Evaluation:

@@ -119,3 +119,14 @@ def test_import_is_light() -> None:
     code = "import sys, harness, harness.cli, harness.tasks, harness.pipeline; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_dry_run_computes_nothing(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "harness", "eval", "--model", "minilm-l6", "--task", "trec-dl-2019",
+                          "--dry-run", "--results", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "inputs: 4300" in out.stdout and "context: 256" in out.stdout
+    assert "over_context: 3" in out.stdout  # the 3 passages the real run reports as truncated
+    assert not (tmp_path / "cache.sqlite").exists()
+    assert not list(tmp_path.rglob("metrics.json"))
