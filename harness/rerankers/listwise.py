@@ -1,0 +1,428 @@
+"""DeAR listwise (RankGPT-style, generative): sliding windows of `[i]` passages, the model writes a ranking.
+
+Behaviour follows the official DeAR code (DataScienceUIBK/DeAR-Reranking, listwise_rerank/), with
+these deliberate differences, each recorded in the fingerprint or the judgments:
+
+- Decoding is greedy by default. The official client samples at temperature 0.5, top_p 0.9 with no
+  seed, so its runs cannot be repeated. `temperature > 0` samples as it did, but every prompt gets its
+  own generator seed derived from `seed` and the prompt, and is generated alone, so the output of a
+  window does not depend on the run, the batch or the order.
+- Windows always cover the top. The official loop (the original RankGPT one) stops as soon as the
+  next window would start above the first position, so with 25 candidates, window 20 and step 10 it
+  reranks positions 5-24 only, and with fewer candidates than the window it reranks nothing. Here,
+  as in rank_llm, the last window is clamped to the top (`window_spans`).
+- Identifiers are read from `[i]` brackets when the answer has any; bare integers are used only when
+  it has none (and that is counted). The official parser reads every integer, so "Step 1." or a
+  year in an answer without `</think>` is taken as an identifier.
+- The rendered chat text is tokenized without adding special tokens: the chat template already
+  starts with BOS. The official client uses the tokenizer's default, which gives Llama-3 a second
+  `<|begin_of_text|>`; `add_special_tokens: true` reproduces that.
+- A tokenizer without a chat template is an error (the official client falls back to ad-hoc
+  "[USER] ..." lines, which no DeAR checkpoint was trained on).
+- Windows of one passage are not sent to the model (there is only one order).
+
+Every window call is cached under (model fingerprint, exact rendered prompt); the cache holds the raw
+generated text, and a rerun parses it again. Parse problems are counted per window and in total
+(RerankStats.fallbacks) and never change anything silently: missing identifiers keep their input
+order after the ranked ones, exactly as the official parser does, and the count says how often.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from harness.cache import Cache, stable_hash
+from harness.errors import ConfigError, require
+from harness.records import Document, Judgment
+from harness.rerankers.base import ModelConfig, Progress, RerankRequest, RerankStats, torch_device_and_dtype
+from harness.rerankers.hf import adapter_base, load_model, resolve_base
+from harness.weights import ResolvedWeights, Weights, resolve_weights
+
+log = logging.getLogger(__name__)
+
+# --- the official prompt (DeAR listwise_rerank/prompts.py) ---------------------------------------
+SYSTEM_PROMPT = "You are RankLLM, an assistant that ranks passages by relevance to the query."
+FIRST_USER = ("I will provide you with {n} passages, each indicated by number identifier [].\n"
+              "Rank the passages based on their relevance to query: {query}.")
+FIRST_ASSISTANT = "Okay, please provide the passages."
+PASSAGE_USER = "[{i}] {passage}"
+PASSAGE_ASSISTANT = "Received passage [{i}]."
+POST_PROMPT = (
+    "Search Query: {query}.\n"
+    "Rank the {n} passages above based on their relevance to the search query. "
+    "The passages should be listed in descending order using identifiers.\n"
+    "Please follow the steps below:\n"
+    "Step 1. List the information requirements to answer the query.\n"
+    "Step 2. For each requirement, find the passages containing that information.\n"
+    "Step 3. Rank passages that best cover clear and diverse information. Include all passages.\n"
+    "Output format strictly: [2] > [1] > [3] ... Only output the ranking using identifiers; no explanations."
+)
+PROMPT_HASH = stable_hash([SYSTEM_PROMPT, FIRST_USER, FIRST_ASSISTANT, PASSAGE_USER, PASSAGE_ASSISTANT,
+                           POST_PROMPT])[:16]
+
+# Names of the counts in RerankStats.fallbacks. Window-level: how many windows; id-level: how many ids.
+NO_THINK = "listwise-no-think"
+UNPARSABLE = "listwise-unparsable"
+BARE_INTEGERS = "listwise-bare-integers"
+TRUNCATED = "listwise-truncated-output"
+INVALID = "listwise-invalid-ids"
+REPEATED = "listwise-repeated-ids"
+MISSING = "listwise-missing-ids"
+
+
+class ListwiseConfig(ModelConfig):
+    type: Literal["listwise"]
+    backend: Literal["transformers"] = "transformers"
+    base: Weights | None = None  # base of a LoRA adapter; None: the adapter's base_model_name_or_path
+    window: int = Field(default=20, ge=2)
+    step: int = Field(default=10, ge=1)
+    max_passage_words: int = Field(default=300, ge=1)
+    max_new_tokens: int = Field(default=1024, ge=1)
+    temperature: float = Field(default=0.0, ge=0.0)  # 0: greedy (the official code samples at 0.5)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    seed: int = 0  # used only when temperature > 0
+    add_special_tokens: bool = False  # true: tokenize the rendered chat as the official client (double BOS)
+    batch_size: int = 8
+
+    @model_validator(mode="after")
+    def _check(self) -> ListwiseConfig:
+        if self.step > self.window:
+            raise ValueError(f"step {self.step} is larger than window {self.window}: positions would be skipped")
+        if self.temperature == 0.0 and self.top_p != 1.0:
+            raise ValueError("top_p has no effect with greedy decoding (temperature 0)")
+        return self
+
+
+# --- pure parts: windows, parsing, permutation ---------------------------------------------------
+def window_spans(n: int, window: int, step: int) -> list[tuple[int, int]]:
+    """[start, end) windows over n positions, from the bottom up; the last one is clamped to 0.
+
+    Consecutive windows overlap by window - step, so a passage can climb by window - step places
+    per window; every position is in at least one window because step <= window.
+    """
+    if window < 1 or step < 1 or step > window:
+        raise ValueError(f"need 1 <= step <= window (window {window}, step {step})")
+    if n <= 0:
+        return []
+    end = n
+    start = max(end - window, 0)
+    spans = [(start, end)]
+    while start > 0:
+        end -= step
+        start = max(end - window, 0)
+        spans.append((start, end))
+    return spans
+
+
+@dataclass(frozen=True)
+class ParsedRanking:
+    order: list[int]  # 0-based positions inside the window: a permutation of range(n)
+    ids: list[int]  # the identifiers as read (1-based), before any clean-up
+    no_think: bool
+    bare_integers: bool
+    unparsable: bool
+    invalid: int
+    repeated: int
+    missing: int
+
+    def counts(self) -> dict[str, int]:
+        values = {NO_THINK: int(self.no_think), BARE_INTEGERS: int(self.bare_integers),
+                  UNPARSABLE: int(self.unparsable), INVALID: self.invalid, REPEATED: self.repeated,
+                  MISSING: self.missing}
+        return {k: v for k, v in values.items() if v}
+
+
+_AFTER_THINK = re.compile(r"</think>\s*(.*)", re.DOTALL | re.IGNORECASE)
+_BRACKETED = re.compile(r"\[([0-9]+)\]")
+_INTEGER = re.compile(r"[0-9]+")
+
+
+def parse_ranking(text: str, n: int) -> ParsedRanking:
+    """Read a window's answer: the text after the first `</think>` (all of it when there is none),
+    then `[i]` identifiers, or bare integers when there is no bracketed one.
+
+    Out-of-range ids are dropped, repeats keep their first place, and missing ids follow in input
+    order; an answer with no id at all keeps the input order. Each case is counted.
+    """
+    match = _AFTER_THINK.search(text)
+    answer = match.group(1) if match else text
+    found = _BRACKETED.findall(answer)
+    bare = not found
+    if bare:
+        found = _INTEGER.findall(answer)
+    ids = [int(x) for x in found]
+    order: list[int] = []
+    seen: set[int] = set()
+    invalid = repeated = 0
+    for i in ids:
+        k = i - 1
+        if not 0 <= k < n:
+            invalid += 1
+        elif k in seen:
+            repeated += 1
+        else:
+            seen.add(k)
+            order.append(k)
+    missing = [k for k in range(n) if k not in seen]
+    return ParsedRanking(order=order + missing, ids=ids, no_think=match is None, bare_integers=bare and bool(ids),
+                         unparsable=not ids, invalid=invalid, repeated=repeated, missing=len(missing))
+
+
+def apply_permutation(items: Sequence[Any], start: int, end: int, order: Sequence[int]) -> list[Any]:
+    """A copy of `items` with items[start:end] rearranged so that position start+j holds the
+    window's order[j]-th item (order is 0-based within the window and a permutation of it)."""
+    window = list(items[start:end])
+    if sorted(order) != list(range(len(window))):
+        raise ValueError(f"order {list(order)} is not a permutation of the {len(window)} window positions")
+    out = list(items)
+    out[start:end] = [window[k] for k in order]
+    return out
+
+
+def passage_text(doc: Document, max_words: int) -> str:
+    """As the official data files: "Title: t Content: text" when there is a title, whitespace
+    normalised, cut to the first `max_words` whitespace words."""
+    content = f"Title: {doc.title} Content: {doc.text}" if doc.title.strip() else doc.text
+    return " ".join(content.split()[:max_words])
+
+
+def build_messages(query: str, docs: Sequence[Document], max_words: int) -> list[dict[str, str]]:
+    n = len(docs)
+    messages = [{"role": "system", "content": SYSTEM_PROMPT},
+                {"role": "user", "content": FIRST_USER.format(n=n, query=query)},
+                {"role": "assistant", "content": FIRST_ASSISTANT}]
+    for i, doc in enumerate(docs, start=1):
+        messages.append({"role": "user", "content": PASSAGE_USER.format(i=i, passage=passage_text(doc, max_words))})
+        messages.append({"role": "assistant", "content": PASSAGE_ASSISTANT.format(i=i)})
+    messages.append({"role": "user", "content": POST_PROMPT.format(query=query, n=n)})
+    return messages
+
+
+# --- the reranker --------------------------------------------------------------------------------
+def render_prompt(tokenizer: Any, query: str, docs: Sequence[Document], max_words: int) -> str:
+    """The official messages through the tokenizer's chat template, ready for the assistant's turn."""
+    text: str = tokenizer.apply_chat_template(build_messages(query, docs, max_words), add_generation_prompt=True,
+                                              tokenize=False)
+    return text
+
+
+def _context_length(folder: str) -> int | None:
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        return None
+    value = json.loads(path.read_text(encoding="utf-8")).get("max_position_embeddings")
+    return int(value) if value else None
+
+
+def preflight_prompts(config: ListwiseConfig, tokenizer: Any,
+                      requests: list[RerankRequest]) -> tuple[list[str], int, int | None]:
+    """For `--dry-run`: every window's prompt over the input order (later windows see other passages
+    after reranking, of similar length), the output budget and the model's context."""
+    prompts = []
+    for req in requests:
+        for start, end in window_spans(len(req.candidates), config.window, config.step):
+            if end - start > 1:
+                prompts.append(render_prompt(tokenizer, req.query, req.candidates[start:end],
+                                             config.max_passage_words))
+    weights = resolve_weights(config.weights, config.name)
+    base = resolve_base(weights, config.base, config.name)
+    context = _context_length(weights.local_dir) or (_context_length(base.local_dir) if base else None)
+    return prompts, config.max_new_tokens, context
+
+
+class ListwiseReranker:
+    config: ListwiseConfig
+
+    def __init__(self, config: ListwiseConfig, weights: ResolvedWeights | None = None) -> None:
+        self.config = config
+        self.weights = weights or resolve_weights(config.weights, config.name)
+        self.calls = 0  # windows generated by the model in this process
+        local = Path(self.weights.local_dir)
+        adapter = (local / "adapter_config.json").is_file()
+        if adapter and config.base is None and adapter_base(str(local)) is None:
+            raise ConfigError(f"model {config.name!r}: the adapter in {local} names no base model; "
+                              "set `base:` in the config")
+        if not adapter and config.base is not None:
+            raise ConfigError(f"model {config.name!r}: `base` is set but {local} is not a LoRA adapter "
+                              "(no adapter_config.json)")
+        self.base: ResolvedWeights | None = resolve_base(self.weights, config.base, config.name)
+        transformers = require("transformers", "models", "the listwise family")
+        tok_dir = local if (local / "tokenizer_config.json").is_file() or self.base is None else self.base.local_dir
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(  # type: ignore[attr-defined]
+            str(tok_dir), trust_remote_code=config.trust_remote_code)
+        if not self.tokenizer.chat_template:
+            raise ConfigError(f"model {config.name!r}: the tokenizer in {tok_dir} has no chat template; "
+                              "the listwise prompt is a chat")
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer.padding_side = "left"  # generation continues from the right end
+        self._model: Any = None  # loaded on the first window the cache does not hold
+        self.device: Any = None
+
+    # --- identity ------------------------------------------------------------------------------
+    def _versions(self) -> dict[str, str]:
+        import torch
+        import transformers
+
+        versions = {"transformers": transformers.__version__, "torch": torch.__version__}
+        if self.base is not None:
+            import peft
+
+            versions["peft"] = peft.__version__
+        return versions
+
+    def _call_fingerprint(self) -> dict[str, Any]:
+        """What decides the output of one window given its exact prompt (the cache key's model part).
+        Window, step and passage length are visible in the prompt itself, so they stay out."""
+        decided_by = self.config.model_dump(exclude={
+            "name", "description", "batch_size", "cache_every", "weights", "base", "device",
+            "window", "step", "max_passage_words"})
+        return {
+            "weights": self.weights.source,
+            "revision": self.weights.revision,
+            "base": {"source": self.base.source, "revision": self.base.revision} if self.base else None,
+            "config": decided_by,
+            "backend": self.config.backend,
+            "versions": self._versions(),
+        }
+
+    def fingerprint(self) -> dict[str, Any]:
+        fp = self._call_fingerprint()
+        fp["windowing"] = {"window": self.config.window, "step": self.config.step,
+                           "max_passage_words": self.config.max_passage_words}
+        fp["prompt"] = PROMPT_HASH
+        return fp
+
+    # --- model ---------------------------------------------------------------------------------
+    def render(self, query: str, docs: Sequence[Document]) -> str:
+        return render_prompt(self.tokenizer, query, docs, self.config.max_passage_words)
+
+    def _load_model(self) -> Any:
+        if self._model is not None:
+            return self._model
+        transformers = require("transformers", "models", "the listwise family")
+        device, dtype = torch_device_and_dtype(self.config)
+        model = load_model(transformers.AutoModelForCausalLM, self.weights, self.base,  # type: ignore[attr-defined]
+                           merge=True, trust_remote_code=self.config.trust_remote_code, dtype=dtype)
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = self.tokenizer.pad_token_id
+        model.to(device).eval()
+        self._model, self.device = model, device
+        return model
+
+    def generate(self, prompts: list[str]) -> list[dict[str, Any]]:
+        """Raw generations for rendered prompts: text, token counts, finish status ("stop" | "length")."""
+        import torch
+
+        model = self._load_model()
+        cfg = self.config
+        sampling = cfg.temperature > 0
+        options: dict[str, Any] = {"max_new_tokens": cfg.max_new_tokens, "eos_token_id": self.tokenizer.eos_token_id,
+                                   "pad_token_id": self.tokenizer.pad_token_id}
+        if sampling:
+            options.update(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p)
+        else:
+            options.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        lengths = [len(self.tokenizer(p, add_special_tokens=cfg.add_special_tokens)["input_ids"]) for p in prompts]
+        order = sorted(range(len(prompts)), key=lambda i: lengths[i], reverse=True)
+        size = 1 if sampling else max(1, cfg.batch_size)
+        out: list[dict[str, Any]] = [{} for _ in prompts]
+        stops = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
+        with torch.inference_mode():
+            for start in range(0, len(order), size):
+                idx = order[start : start + size]
+                batch = self.tokenizer([prompts[i] for i in idx], add_special_tokens=cfg.add_special_tokens,
+                                       padding=True, return_tensors="pt").to(self.device)
+                if sampling:
+                    # One prompt per call and a seed from the prompt: its sample is the same in any run.
+                    torch.manual_seed(int(stable_hash([cfg.seed, prompts[idx[0]]])[:15], 16))
+                generated = model.generate(**batch, **options)[:, batch["input_ids"].shape[1] :]
+                for row, i in enumerate(idx):
+                    ids = generated[row].tolist()
+                    first_stop = next((k for k, t in enumerate(ids) if t in stops), None)
+                    used = len(ids) if first_stop is None else first_stop + 1
+                    finish = "length" if first_stop is None else "stop"
+                    # As the official client: special tokens dropped (a checkpoint that registered
+                    # </think> as a special token would lose it here; Llama-3.1's tokenizer has not).
+                    text = self.tokenizer.decode(ids[:used], skip_special_tokens=True).strip()
+                    out[i] = {"text": text, "prompt_tokens": lengths[i], "new_tokens": used, "finish": finish}
+        self.calls += len(prompts)
+        return out
+
+    # --- the interface -------------------------------------------------------------------------
+    def rerank(self, requests: Sequence[RerankRequest], cache: Cache,
+               progress: Progress | None = None) -> tuple[list[list[Judgment]], RerankStats]:
+        """All queries advance window by window together: round r runs the r-th window of every
+        query that has one, so a round's uncached prompts are generated in batches."""
+        fp = stable_hash(self._call_fingerprint())
+        cfg = self.config
+        orders = [list(range(len(r.candidates))) for r in requests]  # current order, as input indices
+        spans = [[s for s in window_spans(len(r.candidates), cfg.window, cfg.step) if s[1] - s[0] > 1]
+                 for r in requests]
+        records: list[list[dict[str, Any]]] = [[] for _ in requests]
+        stats = RerankStats()
+        untouched = sum(len(r.candidates) for r, sp in zip(requests, spans, strict=True) if not sp)
+        if progress and untouched:
+            progress(untouched)
+        for rnd in range(max((len(sp) for sp in spans), default=0)):
+            active = [q for q in range(len(requests)) if rnd < len(spans[q])]
+            prompts: dict[int, tuple[str, str]] = {}
+            for q in active:
+                start, end = spans[q][rnd]
+                docs = [requests[q].candidates[i] for i in orders[q][start:end]]
+                prompt = self.render(requests[q].query, docs)
+                prompts[q] = (prompt, Cache.key(fp, prompt))
+            known = cache.get_many({k for _, k in prompts.values()})
+            todo = {k: p for p, k in prompts.values() if k not in known}
+            stats.items += len(active)
+            stats.from_cache += sum(1 for _, k in prompts.values() if k in known)
+            stats.computed += len(todo)
+            keys = list(todo)
+            chunk = max(1, cfg.batch_size)
+            for at in range(0, len(keys), chunk):
+                part = keys[at : at + chunk]
+                entries = dict(zip(part, self.generate([todo[k] for k in part]), strict=True))
+                cache.put_many(fp, entries)
+                known.update(entries)
+            for q in active:
+                start, end = spans[q][rnd]
+                key = prompts[q][1]
+                value = known[key]
+                parsed = parse_ranking(value["text"], end - start)
+                window_ids = [requests[q].candidates[i].doc_id for i in orders[q][start:end]]
+                orders[q] = apply_permutation(orders[q], start, end, parsed.order)
+                counts = parsed.counts()
+                if value["finish"] == "length":
+                    counts[TRUNCATED] = 1
+                for name, count in counts.items():
+                    stats.fallbacks[name] = stats.fallbacks.get(name, 0) + count
+                records[q].append({"span": [start, end], "input": window_ids, "output": value["text"],
+                                   "order": [k + 1 for k in parsed.order], "counts": counts,
+                                   "finish": value["finish"], "prompt_tokens": value["prompt_tokens"],
+                                   "new_tokens": value["new_tokens"], "cached": key not in todo})
+                if progress and rnd == len(spans[q]) - 1:
+                    progress(len(requests[q].candidates))
+        out: list[list[Judgment]] = []
+        for q, req in enumerate(requests):
+            n = len(req.candidates)
+            cached = bool(records[q]) and all(w["cached"] for w in records[q])
+            judged = [Judgment(req.query_id, req.candidates[i].doc_id, float(n - pos),
+                               {"listwise_rank": pos + 1, "input_rank": i + 1}, None, cached)
+                      for pos, i in enumerate(orders[q])]
+            if judged:
+                # The raw window outputs of a query live with its top document (one copy per query).
+                judged[0].extra["listwise_windows"] = records[q]
+            out.append(judged)
+        return out, stats
+
+
+__all__ = ["ListwiseConfig", "ListwiseReranker", "ParsedRanking", "apply_permutation", "build_messages",
+           "parse_ranking", "passage_text", "preflight_prompts", "render_prompt", "window_spans"]
