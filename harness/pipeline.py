@@ -132,6 +132,11 @@ def run_pipeline(
     spec = load_task(task_name)
     # Validate every model config before any data or compute is spent.
     configs = configs or [load_model_config(s.model, s.weights) for s in pipeline.stages]
+    if not dry_run:
+        from harness.weights import resolve_weights
+
+        for config in configs:  # absent weights stop the run here, before any data is read
+            resolve_weights(config.weights, config.name)
     data = load_task_data(spec)
     judged = judged_documents(data.qrels)
     stage0 = load_first_stage(spec, first_stage, depth, corpus=lambda: data.corpus,
