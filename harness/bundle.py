@@ -35,6 +35,13 @@ def _dump(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
+def _token_stats(judgments: list[Any]) -> dict[str, Any]:
+    tokens = [j.extra["generated_tokens"] for j in judgments if "generated_tokens" in j.extra]
+    if not tokens:
+        return {}
+    return {"generated_tokens_mean": sum(tokens) / len(tokens), "generated_tokens_max": max(tokens)}
+
+
 def write_bundle(outcome: Outcome, data: TaskData, results: Path) -> Path:
     from harness.pipeline import bundle_dir
 
@@ -63,7 +70,7 @@ def write_bundle(outcome: Outcome, data: TaskData, results: Path) -> Path:
         "fallbacks": fallbacks,
         "stages": [
             {"model": st.config.name, "type": st.config.type, "depth": st.depth,
-             "items": st.stats.items, "fingerprint": st.fingerprint}
+             "items": st.stats.items, "fingerprint": st.fingerprint, **_token_stats(st.judgments)}
             for st in outcome.stages
         ],
         "provenance": {

@@ -33,5 +33,8 @@ def outcome_rows(outcome: Outcome) -> tuple[list[str], list[list[str]], list[str
             line += "; fallbacks: " + ", ".join(f"{k} {v}" for k, v in sorted(s.fallbacks.items()))
         else:
             line += "; fallbacks: none"
+        tokens = [j.extra["generated_tokens"] for j in st.judgments if "generated_tokens" in j.extra]
+        if tokens:
+            line += f"; mean generated (reasoning) tokens {sum(tokens) / len(tokens):.1f}"
         notes.append(line)
     return header, rows, notes
