@@ -163,14 +163,6 @@ class PointwiseReranker:
         return out, stats
 
 
-def chunks(seq: Sequence[Any], size: int) -> list[Sequence[Any]]:
-    return [seq[i : i + size] for i in range(0, len(seq), size)]
-
-
-def config_hash(obj: Any) -> str:
-    return stable_hash(obj)[:16]
-
-
 __all__ = [
     "Document",
     "Judgment",
@@ -179,6 +171,5 @@ __all__ = [
     "RerankRequest",
     "RerankStats",
     "Reranker",
-    "chunks",
     "torch_device_and_dtype",
 ]
