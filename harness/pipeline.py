@@ -21,6 +21,7 @@ from harness.registry import build_reranker, load_model_config
 from harness.rerankers.base import ModelConfig, RerankRequest, RerankStats
 from harness.taskdata import TaskData, load_task_data
 from harness.tasks import TaskSpec, load_task
+from harness.weights import ResolvedWeights, resolve_weights
 
 log = logging.getLogger(__name__)
 
@@ -132,11 +133,8 @@ def run_pipeline(
     spec = load_task(task_name)
     # Validate every model config before any data or compute is spent.
     configs = configs or [load_model_config(s.model, s.weights) for s in pipeline.stages]
-    if not dry_run:
-        from harness.weights import resolve_weights
-
-        for config in configs:  # absent weights stop the run here, before any data is read
-            resolve_weights(config.weights, config.name)
+    # Absent weights stop the run here, before any data is read; the stages reuse what is resolved.
+    weights = [] if dry_run else [resolve_weights(c.weights, c.name) for c in configs]
     data = load_task_data(spec)
     judged = judged_documents(data.qrels)
     stage0 = load_first_stage(spec, first_stage, depth, corpus=lambda: data.corpus,
@@ -157,9 +155,9 @@ def run_pipeline(
                 queries.setdefault(qid, text)
         current = stage0.run
         with Cache(cache_path or results / "cache.sqlite") as cache:
-            for stage, config in zip(pipeline.stages, configs, strict=True):
-                current, result = _run_stage(stage, config, current, queries, documents, cache, progress,
-                                             spec.prompt_key)
+            for stage, config, resolved in zip(pipeline.stages, configs, weights, strict=True):
+                current, result = _run_stage(stage, config, resolved, current, queries, documents, cache,
+                                             progress, spec.prompt_key)
                 outcome.stages.append(result)
         outcome.final_run = current
         outcome.final_eval = _evaluate(current, data, names)
@@ -192,8 +190,8 @@ def _evaluate(run: Run, data: TaskData, names: list[str]) -> Evaluation:
     return result
 
 
-def _run_stage(stage: StageSpec, config: ModelConfig, current: Run, queries: Mapping[str, str],
-               documents: Mapping[str, Document], cache: Cache,
+def _run_stage(stage: StageSpec, config: ModelConfig, weights: ResolvedWeights, current: Run,
+               queries: Mapping[str, str], documents: Mapping[str, Document], cache: Cache,
                progress: ProgressFactory | None, prompt_key: str = "") -> tuple[Run, StageResult]:
     requests = []
     missing_text: list[str] = []
@@ -219,7 +217,7 @@ def _run_stage(stage: StageSpec, config: ModelConfig, current: Run, queries: Map
     total = sum(len(r.candidates) for r in requests)
     log.info("stage %s: %d queries, %d documents", config.name, len(requests), total)
     started = time.perf_counter()
-    reranker = build_reranker(config)
+    reranker = build_reranker(config, weights)
     tick = progress(f"{config.name}", total) if progress else None
     judged, stats = reranker.rerank(requests, cache, tick)
     seconds = time.perf_counter() - started

@@ -14,6 +14,7 @@ from harness.data import PROJECT_ROOT
 from harness.errors import ConfigError, InputError
 from harness.rerankers.base import ModelConfig, Reranker
 from harness.tasks import validation_error
+from harness.weights import ResolvedWeights
 
 MODELS_DIR = PROJECT_ROOT / "configs" / "models"
 
@@ -77,7 +78,8 @@ def load_model_config(name_or_path: str, weights_path: str | None = None) -> Mod
     return parse_model_config(raw, path)
 
 
-def build_reranker(config: ModelConfig) -> Reranker:
+def build_reranker(config: ModelConfig, weights: ResolvedWeights | None = None) -> Reranker:
+    """The reranker of `config`; `weights` already resolved (by the pipeline) are not resolved again."""
     cls = _load(FAMILIES[config.type][1])
-    reranker: Reranker = cls(config)
+    reranker: Reranker = cls(config, weights)
     return reranker
