@@ -104,40 +104,35 @@ def _decoder_config(arch: str, vocab: int, *, num_labels: int | None = None):  #
     return cls(**common, **extra)
 
 
-def build_causal_lm(out: str | Path, texts: Iterable[str], arch: str = "qwen2", *, seed: int = 0) -> Path:
-    """A 2-layer causal LM of `arch` (qwen2, llama, mistral); hidden 128 with 2 heads of 64 so that
-    vLLM's CPU attention accepts it."""
+def _build_decoder(out: str | Path, texts: Iterable[str], arch: str, loader_name: str, *, add_bos: bool,
+                   num_labels: int | None, seed: int) -> Path:
     import torch
-    from transformers import AutoModelForCausalLM
+    import transformers
 
     out = Path(out)
-    tokenizer = train_byte_bpe(texts, add_bos=arch != "qwen2")
+    tokenizer = train_byte_bpe(texts, add_bos=add_bos)
     torch.manual_seed(seed)
-    config = _decoder_config(arch, len(tokenizer))
+    config = _decoder_config(arch, len(tokenizer), num_labels=num_labels)
     config.eos_token_id = tokenizer.eos_token_id
     config.bos_token_id = tokenizer.bos_token_id
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model = getattr(transformers, loader_name).from_config(config, dtype=torch.float32)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def build_causal_lm(out: str | Path, texts: Iterable[str], arch: str = "qwen2", *, seed: int = 0) -> Path:
+    """A 2-layer causal LM of `arch` (qwen2, llama, mistral); hidden 128 with 2 heads of 64 so that
+    vLLM's CPU attention accepts it."""
+    return _build_decoder(out, texts, arch, "AutoModelForCausalLM", add_bos=arch != "qwen2", num_labels=None,
+                          seed=seed)
 
 
 def build_seq_cls(out: str | Path, texts: Iterable[str], arch: str = "llama", *, seed: int = 0) -> Path:
     """A 2-layer decoder with a one-logit sequence-classification head (DeAR-P, RankLLaMA);
     the tokenizer, like Llama's, has no pad token."""
-    import torch
-    from transformers import AutoModelForSequenceClassification
-
-    out = Path(out)
-    tokenizer = train_byte_bpe(texts, add_bos=True)
-    torch.manual_seed(seed)
-    config = _decoder_config(arch, len(tokenizer), num_labels=1)
-    config.eos_token_id = tokenizer.eos_token_id
-    config.bos_token_id = tokenizer.bos_token_id
-    model = AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return _build_decoder(out, texts, arch, "AutoModelForSequenceClassification", add_bos=True, num_labels=1,
+                          seed=seed)
 
 
 def build_lora_adapter(base: str | Path, out: str | Path, task_type: str = "SEQ_CLS", *, seed: int = 1) -> Path:
