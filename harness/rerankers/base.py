@@ -24,6 +24,19 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int], None]  # called with the number of items just finished
 
 
+class Quantization(BaseModel):
+    """Quantize a full-precision checkpoint while loading it (transformers backends).
+
+    `quanto` (optimum-quanto) runs on CPU and GPU; `bitsandbytes` needs CUDA. Checkpoints that are
+    quantized already (AWQ, GPTQ, compressed-tensors) need no such field: their config says so.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: Literal["quanto", "bitsandbytes"]
+    weights: Literal["int8", "int4", "float8", "nf4"] = "int8"
+
+
 class ModelConfig(BaseModel):
     """Fields every model config has; each family adds its own, with a literal `type`."""
 
@@ -38,6 +51,12 @@ class ModelConfig(BaseModel):
     batch_size: int = 32
     trust_remote_code: bool = False
     cache_every: int = 512  # items between cache commits: what a kill can lose at most
+    # A string names the checkpoint's own scheme (awq, gptq: vLLM's `quantization`); a mapping
+    # (`{method: quanto, weights: int8}`) quantizes a full-precision checkpoint while loading it.
+    quantization: Quantization | str | None = None
+    # The GPU memory the model needs (GB); unset: small enough to run on a CPU. `tables` reports
+    # cells of such models as "not run: no GPU" on machines without CUDA.
+    gpu_memory_gb: float | None = None
 
 
 @dataclass(frozen=True)
@@ -168,6 +187,7 @@ __all__ = [
     "Judgment",
     "ModelConfig",
     "PointwiseReranker",
+    "Quantization",
     "RerankRequest",
     "RerankStats",
     "Reranker",

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from harness.errors import require
+from harness.errors import ConfigError, require
 from harness.weights import ResolvedWeights, Weights, resolve_weights
 
 log = logging.getLogger(__name__)
@@ -34,12 +34,51 @@ def resolve_base(weights: ResolvedWeights, base: Weights | None, config_name: st
     return resolve_weights(Weights(path=named) if as_path.is_dir() else Weights(hub=named), config_name)
 
 
+_QUANTO = {"int8": "int8", "int4": "int4", "float8": "float8"}
+
+
+def quantization_kwargs(quantization: Any, device: Any) -> dict[str, Any]:
+    """`from_pretrained` arguments that quantize while loading, or none.
+
+    The libraries are the real ones (optimum-quanto, bitsandbytes), through transformers'
+    integration: the quantized matrices are what the model computes with.
+    """
+    if quantization is None or isinstance(quantization, str):
+        return {}  # unquantized, or quantized in the checkpoint: its config.json says how
+    transformers = require("transformers", "models", "quantized loading")
+    if quantization.method == "quanto":
+        if quantization.weights not in _QUANTO:
+            raise ConfigError(f"quanto quantizes weights to {sorted(_QUANTO)}, not {quantization.weights!r}")
+        require("optimum.quanto", "quantization", "quantizing with quanto")
+        return {"quantization_config": transformers.QuantoConfig(weights=_QUANTO[quantization.weights])}  # type: ignore[attr-defined]
+    if str(device) == "cpu":
+        raise ConfigError("bitsandbytes quantization needs CUDA; on a CPU use `method: quanto`")
+    require("bitsandbytes", "quantization", "quantizing with bitsandbytes")
+    if quantization.weights == "int8":
+        bnb = transformers.BitsAndBytesConfig(load_in_8bit=True)  # type: ignore[attr-defined]
+    elif quantization.weights in ("int4", "nf4"):
+        quant_type = "nf4" if quantization.weights == "nf4" else "fp4"
+        bnb = transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type)  # type: ignore[attr-defined]
+    else:
+        raise ConfigError(f"bitsandbytes has no {quantization.weights!r} weights; use int8, int4 or nf4")
+    return {"quantization_config": bnb, "device_map": {"": str(device)}}
+
+
+def place(model: Any, device: Any) -> Any:
+    """Move a loaded model to its device, unless its quantizer placed it already."""
+    if getattr(model, "hf_device_map", None) is None:
+        model.to(device)
+    return model.eval()
+
+
 def load_model(loader: Any, weights: ResolvedWeights, base: ResolvedWeights | None, *, merge: bool,
                trust_remote_code: bool, **kwargs: Any) -> Any:
     """`loader.from_pretrained` the weights; for an adapter, load its base and apply it with peft."""
     if base is None:
         return loader.from_pretrained(weights.local_dir, trust_remote_code=trust_remote_code, **kwargs)
     peft = require("peft", "models", "LoRA adapters")
+    if "quantization_config" in kwargs and merge:
+        raise ConfigError("a LoRA adapter cannot be merged into a base quantized on load; set `merge_lora: false`")
     model = loader.from_pretrained(base.local_dir, trust_remote_code=trust_remote_code, **kwargs)
     model = peft.PeftModel.from_pretrained(model, weights.local_dir)  # type: ignore[attr-defined]
     if merge:

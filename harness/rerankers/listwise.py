@@ -43,7 +43,7 @@ from harness.cache import Cache, stable_hash
 from harness.errors import ConfigError, require
 from harness.records import Document, Judgment
 from harness.rerankers.base import ModelConfig, Progress, RerankRequest, RerankStats, torch_device_and_dtype
-from harness.rerankers.hf import adapter_base, load_model, resolve_base
+from harness.rerankers.hf import adapter_base, load_model, place, quantization_kwargs, resolve_base
 from harness.weights import ResolvedWeights, Weights, resolve_weights
 
 log = logging.getLogger(__name__)
@@ -311,10 +311,11 @@ class ListwiseReranker:
         transformers = require("transformers", "models", "the listwise family")
         device, dtype = torch_device_and_dtype(self.config)
         model = load_model(transformers.AutoModelForCausalLM, self.weights, self.base,  # type: ignore[attr-defined]
-                           merge=True, trust_remote_code=self.config.trust_remote_code, dtype=dtype)
+                           merge=True, trust_remote_code=self.config.trust_remote_code, dtype=dtype,
+                           **quantization_kwargs(self.config.quantization, device))
         if model.config.pad_token_id is None:
             model.config.pad_token_id = self.tokenizer.pad_token_id
-        model.to(device).eval()
+        place(model, device)
         self._model, self.device = model, device
         return model
 
@@ -336,7 +337,7 @@ class ListwiseReranker:
         size = 1 if sampling else max(1, cfg.batch_size)
         out: list[dict[str, Any]] = [{} for _ in prompts]
         stops = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: quanto weights fail under it
             for start in range(0, len(order), size):
                 idx = order[start : start + size]
                 batch = self.tokenizer([prompts[i] for i in idx], add_special_tokens=cfg.add_special_tokens,

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from harness.errors import ConfigError, require
 from harness.records import Document, Judgment
 from harness.rerankers.base import ModelConfig, PointwiseReranker, torch_device_and_dtype
+from harness.rerankers.hf import place, quantization_kwargs
 
 
 class MonoT5Config(ModelConfig):
@@ -33,8 +34,9 @@ class MonoT5(PointwiseReranker):
         device, dtype = torch_device_and_dtype(config)
         local = self.weights.local_dir
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(local)  # type: ignore[attr-defined]
-        self.model = transformers.AutoModelForSeq2SeqLM.from_pretrained(local, dtype=dtype)  # type: ignore[attr-defined]
-        self.model.to(device).eval()
+        self.model = transformers.AutoModelForSeq2SeqLM.from_pretrained(  # type: ignore[attr-defined]
+            local, dtype=dtype, **quantization_kwargs(config.quantization, device))
+        place(self.model, device)
         self.device = device
         ids = self.tokenizer.convert_tokens_to_ids([config.true_token, config.false_token])
         if any(i is None or i == self.tokenizer.unk_token_id for i in ids):
@@ -71,7 +73,7 @@ class MonoT5(PointwiseReranker):
         order = sorted(range(len(inputs)), key=lambda i: lengths[i], reverse=True)
         scores = [0.0] * len(inputs)
         start_id = self.model.config.decoder_start_token_id
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: quanto weights fail under it
             for begin in range(0, len(order), cfg.batch_size):
                 idx = order[begin : begin + cfg.batch_size]
                 batch = self.tokenizer([prompts[i] for i in idx], padding=True, truncation=True,

@@ -85,7 +85,6 @@ class Rank1Config(ModelConfig):
     seed: int = 0
     # vLLM engine settings
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
-    quantization: str | None = None  # e.g. "awq"
     enforce_eager: bool = False
     tensor_parallel_size: int = Field(default=1, ge=1)
     max_num_seqs: int | None = Field(default=None, ge=1)
@@ -352,6 +351,9 @@ class VllmEngine:
         vllm = require("vllm", "vllm", "the rank1 family's vLLM backend")
         self.config, self.tokenizer = config, owner.tokenizer
         kwargs: dict[str, Any] = {}
+        if config.quantization is not None and not isinstance(config.quantization, str):
+            raise ConfigError(f"{config.name}: quantizing on load ({config.quantization.method}) needs "
+                              "`backend: transformers`; vLLM takes checkpoints quantized already (`quantization: awq`)")
         if config.max_num_seqs is not None:
             kwargs["max_num_seqs"] = config.max_num_seqs
         self.llm = vllm.LLM(  # type: ignore[attr-defined]
@@ -391,6 +393,7 @@ class HfEngine:
     def __init__(self, config: Rank1Config, owner: Rank1) -> None:
         transformers = require("transformers", "models", "the rank1 family")
         from harness.rerankers.base import torch_device_and_dtype
+        from harness.rerankers.hf import place, quantization_kwargs
 
         self.config, self.tokenizer = config, owner.tokenizer
         self.tokenizer.padding_side = "left"
@@ -398,14 +401,15 @@ class HfEngine:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         device, dtype = torch_device_and_dtype(config)
         model = transformers.AutoModelForCausalLM.from_pretrained(  # type: ignore[attr-defined]
-            owner.weights.local_dir, dtype=dtype, trust_remote_code=config.trust_remote_code)
+            owner.weights.local_dir, dtype=dtype, trust_remote_code=config.trust_remote_code,
+            **quantization_kwargs(config.quantization, device))
         self.eos_ids = model_eos_ids(owner.weights.local_dir, self.tokenizer, config.trust_remote_code)
         # The checkpoint's sampling defaults (repetition penalty, top-k, ...) must not leak in: vLLM
         # ignores them too when it is given explicit sampling parameters.
         model.generation_config = transformers.GenerationConfig(  # type: ignore[attr-defined]
             do_sample=False, eos_token_id=sorted(self.eos_ids), pad_token_id=self.tokenizer.pad_token_id,
             bos_token_id=self.tokenizer.bos_token_id)
-        self.model = model.to(device).eval()
+        self.model = place(model, device)
         self.device = device
 
     def generate(self, prompts: list[str], max_tokens: int, allowed: tuple[int, int] | None) -> list[Generation]:
@@ -418,7 +422,7 @@ class HfEngine:
                                f"{self.config.context_size}")
         order = sorted(range(len(prompts)), key=lambda i: lengths[i], reverse=True)
         result: list[Generation | None] = [None] * len(prompts)
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: quanto weights fail under it
             for start in range(0, len(order), self.config.batch_size):
                 idx = order[start : start + self.config.batch_size]
                 for i, gen in zip(idx, self._batch([prompts[i] for i in idx], max_tokens, allowed), strict=True):

@@ -20,7 +20,7 @@ from typing import Any, Literal
 from harness.errors import require
 from harness.records import Document, Judgment
 from harness.rerankers.base import ModelConfig, PointwiseReranker, torch_device_and_dtype
-from harness.rerankers.hf import load_model, resolve_base
+from harness.rerankers.hf import load_model, place, quantization_kwargs, resolve_base
 from harness.weights import Weights
 
 
@@ -59,10 +59,11 @@ class SequenceClassifier(PointwiseReranker):
             self.tokenizer.padding_side = config.padding_side
         self.model = load_model(transformers.AutoModelForSequenceClassification,  # type: ignore[attr-defined]
                                 self.weights, self.base, merge=config.merge_lora,
-                                trust_remote_code=config.trust_remote_code, dtype=dtype)
+                                trust_remote_code=config.trust_remote_code, dtype=dtype,
+                                **quantization_kwargs(config.quantization, device))
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
-        self.model.to(device).eval()
+        place(self.model, device)
         self.device = device
 
     def backend_info(self) -> dict[str, Any]:
@@ -88,7 +89,7 @@ class SequenceClassifier(PointwiseReranker):
         full_lengths = [len(ids) for ids in enc["input_ids"]]
         order = sorted(range(len(inputs)), key=lambda i: full_lengths[i], reverse=True)
         scores: list[float] = [0.0] * len(inputs)
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: quanto weights fail under it
             for start in range(0, len(order), cfg.batch_size):
                 idx = order[start : start + cfg.batch_size]
                 batch = self.tokenizer([inputs[i][0] for i in idx], [inputs[i][1] for i in idx],
