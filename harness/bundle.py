@@ -2,7 +2,8 @@
 
     metrics.json      first_stage / reranked aggregates, counts, fallbacks, provenance
     run.trec          the final (reranked) run; first_stage.trec, the first stage cut at depth
-    per_query.tsv     query, measure, first stage value, reranked value
+    per_query.tsv     query, measure, first stage value, reranked value (for PairedAccuracy: pair
+                      id, PairedAccuracy, 0/1 for the first stage, 0/1 reranked)
     judgments.jsonl   every model output: query, doc, score, fallback, what the family records
     execution.json    what varies between runs of the same job: timings, cache hits
 """
@@ -10,12 +11,17 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.io.trec import write_run
+from harness.errors import HarnessError, InputError
+from harness.evaluate import PAIRED_ACCURACY
+from harness.io.trec import read_run, write_run
 from harness.provenance import git_commit, library_versions, machine
 
 if TYPE_CHECKING:
@@ -68,6 +74,7 @@ def write_bundle(outcome: Outcome, data: TaskData, results: Path) -> Path:
             "unjudged_in_run": len(fs_eval.unjudged_queries),
         },
         "fallbacks": fallbacks,
+        "significance": outcome.significance,
         "stages": [
             {"model": st.config.name, "type": st.config.type, "depth": st.depth,
              "items": st.stats.items, "fingerprint": st.fingerprint, **_token_stats(st.judgments)}
@@ -97,6 +104,11 @@ def write_bundle(outcome: Outcome, data: TaskData, results: Path) -> Path:
         for measure, value in fs_eval.per_query[qid].items():
             other = rr_eval.per_query[qid][measure] if rr_eval else float("nan")
             rows.append(f"{qid}\t{measure}\t{value!r}\t{other!r}")
+    pairs_fs = fs_eval.extra.get("paired_accuracy")
+    if isinstance(pairs_fs, dict):
+        pairs_rr = rr_eval.extra["paired_accuracy"]["per_pair"] if rr_eval else {}  # type: ignore[index]
+        for pair_id, value in sorted(pairs_fs["per_pair"].items()):
+            rows.append(f"{pair_id}\t{PAIRED_ACCURACY}\t{value!r}\t{pairs_rr.get(pair_id, float('nan'))!r}")
     _atomic_write(out / "per_query.tsv", "\n".join(rows) + "\n")
     lines = []
     for st in outcome.stages:
@@ -109,9 +121,90 @@ def write_bundle(outcome: Outcome, data: TaskData, results: Path) -> Path:
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "seconds": round(outcome.seconds, 3),
         "machine": machine(),
-        "stages": [{"model": st.config.name, "seconds": round(st.seconds, 3), **st.stats.as_dict()}
+        "stages": [{"model": st.config.name, "seconds": round(st.seconds, 3), **st.stats.as_dict(),
+                    "peak_rss_mb": _round(st.peak_rss_mb), "peak_gpu_mb": _round(st.peak_gpu_mb)}
                    for st in outcome.stages],
     }
     _atomic_write(out / "execution.json", _dump(execution))
     _atomic_write(out / "metrics.json", _dump(metrics))  # last: its presence marks a finished bundle
     return out
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+@dataclass
+class Bundle:
+    """A finished result bundle read back: what `compare` and `tables` work from."""
+
+    path: Path
+    metrics: dict[str, Any]
+
+    @property
+    def reranked(self) -> bool:
+        return self.metrics["reranked"] is not None
+
+    @property
+    def label(self) -> str:
+        m = self.metrics
+        return f"{m['pipeline']} ({m['task']}, {m['first_stage_name']} top-{m['depth']})"
+
+    def aggregate(self, measure: str) -> float | None:
+        """The final value of a measure: reranked, or the first stage's for `none`."""
+        values = self.metrics["reranked"] if self.reranked else self.metrics["first_stage"]
+        return values.get(measure)
+
+    @cached_property
+    def _units(self) -> dict[str, dict[str, tuple[float, float]]]:
+        path = self.path / "per_query.tsv"
+        out: dict[str, dict[str, tuple[float, float]]] = {}
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines()[1:], start=2):
+            parts = line.split("\t")
+            if len(parts) != 4:
+                raise InputError(path, f"expected 4 tab-separated columns, found {len(parts)}", line=n)
+            out.setdefault(parts[1], {})[parts[0]] = (float(parts[2]), float(parts[3]))
+        return out
+
+    def measures(self) -> list[str]:
+        return list(self._units)
+
+    def values(self, measure: str, *, first_stage: bool = False) -> dict[str, float]:
+        """Per-unit values (queries; pairs for PairedAccuracy) of the final run, or of its first stage."""
+        if measure not in self._units:
+            raise HarnessError(f"{self.path}: no per-query values of {measure}; it has {self.measures()}. "
+                               "Re-run the evaluation with --measures including it.")
+        col = 0 if first_stage or not self.reranked else 1
+        return {u: v[col] for u, v in self._units[measure].items() if not math.isnan(v[col])}
+
+    def run(self) -> Any:
+        return read_run(self.path / "run.trec")
+
+    def judgments(self) -> list[dict[str, Any]]:
+        """The last stage's model outputs."""
+        path = self.path / "judgments.jsonl"
+        if not path.is_file():
+            return []
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+        last = self.metrics["stages"][-1]["model"] if self.metrics["stages"] else None
+        return [r for r in rows if r["stage"] == last]
+
+    @cached_property
+    def execution(self) -> dict[str, Any]:
+        path = self.path / "execution.json"
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def read_bundle(path: str | Path) -> Bundle:
+    path = Path(path)
+    metrics_path = path / "metrics.json"
+    if not metrics_path.is_file():
+        raise HarnessError(f"{path} is not a finished result bundle (no metrics.json); run the evaluation first")
+    try:
+        metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise InputError(metrics_path, f"not valid JSON: {exc.msg}", line=exc.lineno) from exc
+    if metrics.get("schema_version") != SCHEMA_VERSION:
+        raise InputError(metrics_path, f"schema_version {metrics.get('schema_version')!r}; this harness reads "
+                         f"{SCHEMA_VERSION}")
+    return Bundle(path, metrics)

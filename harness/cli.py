@@ -67,7 +67,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     with _progress_factory(not args.no_progress and not args.dry_run) as progress:
         outcome = run_pipeline(pipeline, args.task, first_stage=args.first_stage, depth=args.depth,
                                results=args.results, measures=args.measures, progress=progress,
-                               dry_run=args.dry_run)
+                               dry_run=args.dry_run, baselines=args.baseline)
     if args.dry_run:
         _print_preflight(outcome)
         return 0
@@ -106,8 +106,51 @@ def cmd_run(args: argparse.Namespace) -> int:
         for pipeline, task in jobs:
             outcome = run_pipeline(pipeline, task, first_stage=spec.first_stage, depth=spec.depth,
                                    results=args.results or Path(spec.results), measures=spec.measures,
-                                   progress=progress, configs=configs[id(pipeline)] or None)
+                                   progress=progress, configs=configs[id(pipeline)] or None,
+                                   baselines=spec.baselines)
             _print_outcome(outcome)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from harness.compare import compare, resolve_side, write_report
+    from harness.pipeline import safe_name
+
+    sides = [resolve_side(s, args.task or [], first_stage=args.first_stage, depth=args.depth, results=args.results,
+                          run_missing=not args.no_run) for s in (args.a, args.b)]
+    labels = (_side_label(args.a, sides[0]), _side_label(args.b, sides[1]))
+    result = compare(sides[0], sides[1], labels=labels, measure=args.measure, margin=args.margin, alpha=args.alpha)
+    out = args.out or args.results / "compare" / f"{safe_name(labels[1])}__vs__{safe_name(labels[0])}"
+    report = write_report(result, out)
+    from rich.markdown import Markdown
+
+    console = _console()
+    console.print(Markdown(report.read_text(encoding="utf-8")))
+    console.print(f"report: {report}")
+    return 0
+
+
+def _side_label(spec: str, bundles: dict) -> str:  # type: ignore[type-arg]
+    if (Path(spec) / "metrics.json").is_file():
+        b = next(iter(bundles.values()))
+        return f"{b.metrics['pipeline']}@{b.metrics['first_stage_name']}"
+    return spec
+
+
+def cmd_tables(args: argparse.Namespace) -> int:
+    from harness.tables import available_tables, build_table, load_table
+
+    names = args.names or available_tables()
+    console = _console()
+    if args.list:
+        for name in available_tables():
+            console.print(f"{name}: {load_table(name).title}")
+        return 0
+    for name in names:
+        table = load_table(name)
+        built = build_table(table, results=args.results, run_missing=not args.no_run, out=args.out)
+        console.print(built.markdown.split("### Cells")[0].rstrip(), markup=False, soft_wrap=True)
+        console.print(f"wrote {built.paths[0]} and {built.paths[1]}\n")
     return 0
 
 
@@ -136,8 +179,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="a local folder with the model's weights (overrides the config)")
     p.add_argument("--dry-run", action="store_true",
                    help="render each stage's prompts and count tokens against the context; compute nothing")
+    p.add_argument("--baseline", nargs="+", metavar="MODEL",
+                   help="models evaluated already on this task/first stage/depth: mark the significance against them")
     _add_common(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("compare", help="compare two models (or bundles) query by query, with paired tests")
+    p.add_argument("a", help="A: a model config (MODEL or MODEL@FIRST_STAGE, 'none@bm25'), or a bundle folder")
+    p.add_argument("b", help="B: the same forms")
+    p.add_argument("--task", nargs="+", help="tasks to compare on (needed unless A and B are bundle folders)")
+    p.add_argument("--first-stage", help="the first stage (default: each task's)")
+    p.add_argument("--depth", type=int, default=100)
+    p.add_argument("--measure", help="ir_measures string (default: each task's headline measure)")
+    p.add_argument("--margin", type=float, default=0.01,
+                   help="equivalence margin for TOST, in the measure's units (default 0.01: one nDCG point)")
+    p.add_argument("--alpha", type=float, default=0.05)
+    p.add_argument("--out", type=Path, help="report folder (default: RESULTS/compare/B__vs__A)")
+    p.add_argument("--no-run", action="store_true", help="only read existing bundles; evaluate nothing")
+    _add_common(p)
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("tables", help="regenerate published tables (configs/tables) as Markdown and LaTeX")
+    p.add_argument("names", nargs="*", help="table names (default: every table)")
+    p.add_argument("--no-run", action="store_true", help="only collect existing bundles; evaluate nothing")
+    p.add_argument("--list", action="store_true", help="list the tables")
+    p.add_argument("--out", type=Path, help="output folder (default: RESULTS/tables)")
+    _add_common(p)
+    p.set_defaults(func=cmd_tables)
 
     p = sub.add_parser("run", help="run a config of several models x tasks")
     p.add_argument("config", type=Path)

@@ -60,6 +60,8 @@ class StageResult:
     stats: RerankStats
     judgments: list[Judgment]
     seconds: float
+    peak_rss_mb: float | None = None  # the process's peak resident memory when the stage ended
+    peak_gpu_mb: float | None = None  # torch's peak CUDA allocation during the stage
 
 
 @dataclass
@@ -74,6 +76,7 @@ class Outcome:
     bundle: Path | None = None
     seconds: float = 0.0
     preflight: list[Any] = field(default_factory=list)
+    significance: dict[str, Any] | None = None  # against the first stage and the baselines
 
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -128,7 +131,10 @@ def run_pipeline(
     cache_path: Path | None = None,
     configs: list[ModelConfig] | None = None,
     dry_run: bool = False,
+    baselines: list[str] | None = None,
 ) -> Outcome:
+    """Evaluate a pipeline on a task; `baselines` name pipelines whose bundles for the same task,
+    first stage and depth exist already: the reranked scores are tested against them."""
     started = time.perf_counter()
     spec = load_task(task_name)
     # Validate every model config before any data or compute is spent.
@@ -142,6 +148,7 @@ def run_pipeline(
     if stage0.files:
         data.files.update(stage0.files)
     names = measures or spec.measures
+    references = _baselines(baselines or [], results, spec.name, stage0, pipeline.name)
     first_eval = _evaluate(stage0.run, data, names)
     outcome = Outcome(spec, pipeline, stage0, first_eval, stage0.run, None)
     if dry_run:
@@ -161,11 +168,34 @@ def run_pipeline(
                 outcome.stages.append(result)
         outcome.final_run = current
         outcome.final_eval = _evaluate(current, data, names)
+        from harness.significance import FIRST_STAGE, significance, unit_values
+
+        refs = {FIRST_STAGE: unit_values(first_eval), **references}
+        tested = list(outcome.final_eval.aggregate)
+        outcome.significance = significance(unit_values(outcome.final_eval), refs, tested)
     outcome.seconds = time.perf_counter() - started
     from harness.bundle import write_bundle
 
     outcome.bundle = write_bundle(outcome, data, results)
     return outcome
+
+
+def _baselines(names: list[str], results: Path, task: str, stage0: FirstStage,
+               pipeline: str) -> dict[str, dict[str, dict[str, float]]]:
+    """The per-unit values of each baseline's bundle; a missing one stops the run before compute."""
+    from harness.bundle import read_bundle
+
+    out = {}
+    for name in names:
+        if name == pipeline:
+            continue
+        path = bundle_dir(results, task, stage0.name, stage0.depth, PipelineSpec.single(name).name)
+        if not (path / "metrics.json").is_file():
+            raise ConfigError(f"baseline {name!r} has no result bundle for {task}, first stage {stage0.name} "
+                              f"top-{stage0.depth} (looked in {path}); evaluate it first")
+        bundle = read_bundle(path)
+        out[name] = {m: bundle.values(m) for m in bundle.measures()}
+    return out
 
 
 def _preflight(pipeline: PipelineSpec, configs: list[ModelConfig], stage0: FirstStage, data: TaskData) -> list[Any]:
@@ -217,10 +247,15 @@ def _run_stage(stage: StageSpec, config: ModelConfig, weights: ResolvedWeights, 
     total = sum(len(r.candidates) for r in requests)
     log.info("stage %s: %d queries, %d documents", config.name, len(requests), total)
     started = time.perf_counter()
+    cuda = _cuda()
+    if cuda is not None:
+        cuda.reset_peak_memory_stats()
     reranker = build_reranker(config, weights)
     tick = progress(f"{config.name}", total) if progress else None
     judged, stats = reranker.rerank(requests, cache, tick)
     seconds = time.perf_counter() - started
+    cuda = _cuda()  # torch may have been imported by the stage itself: its peak counts from there
+    peak_gpu = cuda.max_memory_allocated() / 2**20 if cuda is not None else None
     new_run: Run = dict(current)
     flat: list[Judgment] = []
     for req, js in zip(requests, judged, strict=True):
@@ -229,4 +264,22 @@ def _run_stage(stage: StageSpec, config: ModelConfig, weights: ResolvedWeights, 
     depth = stage.depth or max((len(r.candidates) for r in requests), default=0)
     fingerprint = reranker.fingerprint()
     fingerprint["hash"] = stable_hash(fingerprint)
-    return new_run, StageResult(config, fingerprint, depth, stats, flat, seconds)
+    return new_run, StageResult(config, fingerprint, depth, stats, flat, seconds, _peak_rss_mb(), peak_gpu)
+
+
+def _cuda() -> Any:
+    """torch.cuda when torch is imported already and a GPU is present, else None."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available():
+        return None
+    return torch.cuda
+
+
+def _peak_rss_mb() -> float | None:
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux

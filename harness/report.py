@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from harness.significance import legend, marks
+
 if TYPE_CHECKING:
     from harness.pipeline import Outcome
 
@@ -18,8 +20,12 @@ def outcome_rows(outcome: Outcome) -> tuple[list[str], list[list[str]], list[str
     first = outcome.first_eval.aggregate
     rows = [[f"first stage ({outcome.first_stage.name})", *(fmt(first[m]) for m in measures)]]
     if outcome.final_eval is not None:
-        rows.append([f"reranked ({outcome.pipeline.name})", *(fmt(outcome.final_eval.aggregate[m]) for m in measures)])
+        final = outcome.final_eval.aggregate
+        rows.append([f"reranked ({outcome.pipeline.name})",
+                     *(f"{fmt(final[m])}{marks(outcome.significance, m)}" for m in measures)])
     notes = [f"judged queries: {len(outcome.first_eval.per_query)}"]
+    if outcome.significance:
+        notes.append(legend(outcome.significance))
     if outcome.first_eval.missing_queries:
         missing = len(outcome.first_eval.missing_queries)
         notes.append(f"queries judged but absent from the first stage (scored 0): {missing}")

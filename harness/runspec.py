@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from harness.errors import InputError
 from harness.pipeline import PipelineSpec
@@ -23,6 +23,7 @@ class RunSpec(BaseModel):
     depth: int = Field(default=100, ge=1)
     measures: list[str] | None = None
     results: str = "results"
+    baselines: list[str] = []  # models of this run the others are tested against (they run first)
 
     @field_validator("models")
     @classmethod
@@ -32,8 +33,18 @@ class RunSpec(BaseModel):
             raise ValueError(f"model names repeat: {names}")
         return v
 
+    @model_validator(mode="after")
+    def _known_baselines(self) -> RunSpec:
+        names = [PipelineSpec.single(m).name if isinstance(m, str) else m.name for m in self.models]
+        unknown = [b for b in self.baselines if b not in names]
+        if unknown:
+            raise ValueError(f"baselines {unknown} are not among the models {names}")
+        return self
+
     def pipelines(self) -> list[PipelineSpec]:
-        return [PipelineSpec.single(m) if isinstance(m, str) else m for m in self.models]
+        pipelines = [PipelineSpec.single(m) if isinstance(m, str) else m for m in self.models]
+        # Baselines first: the other models are tested against their bundles.
+        return sorted(pipelines, key=lambda p: p.name not in self.baselines)
 
     def jobs(self) -> list[tuple[PipelineSpec, str]]:
         return [(p, t) for t in self.tasks for p in self.pipelines()]

@@ -102,3 +102,21 @@ def _offline_advice(repo: str, revision: str | None, config_name: str, reason: s
         f"config at it: in configs/models/{config_name}.yaml replace `hub: {repo}` with `path: DIR` "
         f"(or pass --weights DIR)."
     )
+
+
+def missing_locally(weights: Weights) -> str | None:
+    """Why the weights are not on this machine (no download is tried), or None when they are."""
+    if weights.hub is None:
+        try:
+            resolve_weights(weights, "check")
+        except ConfigError as exc:
+            return str(exc).split(": ", 1)[-1]
+        return None
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        snapshot_download(weights.hub, revision=weights.revision, local_files_only=True)
+    except (LocalEntryNotFoundError, HFValidationError, OSError):
+        return f"weights not present ({weights.hub} is not in the local Hugging Face cache)"
+    return None

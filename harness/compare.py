@@ -1,0 +1,346 @@
+"""`compare A B`: is B different from A, or equivalent to it? (e.g. an AWQ checkpoint vs its twin)
+
+Per task, over the same judged units (queries; NevIR pairs): the per-unit deltas of the task's
+measure (B - A), a paired t-test and a paired randomization test, both Holm-corrected across the
+tasks, and an equivalence test (TOST) with a stated margin. Equivalence over all tasks holds when
+it holds on each (an intersection-union test: no correction needed). Beside them: Kendall's tau
+between the two rankings of each query, the flip rate of the true/false decision for families that
+make one, the change in generated tokens, and wall time and peak memory per 100 documents.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import statistics
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness import stats
+from harness.bundle import Bundle, read_bundle
+from harness.errors import ConfigError, HarnessError
+from harness.evaluate import PAIRED_ACCURACY
+
+log = logging.getLogger(__name__)
+
+# Families whose score implies a yes/no relevance decision, and its threshold.
+DECISIONS = {
+    "rank1": 0.5,  # p(true) / (p(true) + p(false)) > 0.5
+    "monot5": math.log(0.5),  # log p(true) over {true, false} > log 0.5
+}
+UNSCORABLE = "unscorable"
+
+
+@dataclass
+class SideCost:
+    items: int
+    computed: int
+    seconds: float
+    peak_rss_mb: float | None
+    peak_gpu_mb: float | None
+
+    @property
+    def per_100(self) -> float | None:
+        return 100 * self.seconds / self.computed if self.computed else None
+
+
+@dataclass
+class TaskComparison:
+    task: str
+    measure: str
+    units: list[str]
+    a: list[float]
+    b: list[float]
+    test: stats.Paired
+    p_t_holm: float = math.nan
+    p_randomization_holm: float = math.nan
+    taus: list[float] = field(default_factory=list)
+    untied_queries: int = 0
+    flips: int | None = None
+    decisions: int | None = None
+    tokens: tuple[float, float] | None = None
+    cost: tuple[SideCost | None, SideCost | None] = (None, None)
+    scores: tuple[list[float], list[float]] = ([], [])  # joined model (or run) scores, for the scatter
+
+    @property
+    def tau_mean(self) -> float:
+        return statistics.fmean(self.taus) if self.taus else math.nan
+
+    @property
+    def flip_rate(self) -> float | None:
+        return None if not self.decisions else (self.flips or 0) / self.decisions
+
+
+@dataclass
+class Comparison:
+    a: str
+    b: str
+    margin: float
+    alpha: float
+    tasks: list[TaskComparison]
+    pooled: stats.Paired | None
+    bundles: dict[str, tuple[str, str]]
+
+    def equivalent(self) -> bool:
+        return all(t.test.p_tost is not None and t.test.p_tost < self.alpha for t in self.tasks)
+
+
+def resolve_side(spec: str, tasks: list[str], *, first_stage: str | None, depth: int, results: Path,
+                 run_missing: bool, measures: list[str] | None = None) -> dict[str, Bundle]:
+    """A bundle folder, or `MODEL[@FIRST_STAGE]` evaluated (or read back) on each task."""
+    path = Path(spec)
+    if (path / "metrics.json").is_file():
+        bundle = read_bundle(path)
+        return {bundle.metrics["task"]: bundle}
+    if not tasks:
+        raise ConfigError(f"{spec!r} is not a result bundle folder, so name the tasks to compare on (--task)")
+    model, _, stage = spec.partition("@")
+    out = {}
+    for task in tasks:
+        out[task] = find_or_run(model, task, stage or first_stage, depth, results, run_missing, measures)
+    return out
+
+
+def find_or_run(model: str, task: str, first_stage: str | None, depth: int, results: Path, run_missing: bool,
+                measures: list[str] | None = None) -> Bundle:
+    from harness.pipeline import PipelineSpec, bundle_dir, run_pipeline
+    from harness.tasks import load_task
+
+    pipeline = PipelineSpec.single(model)
+    candidates = [first_stage] if first_stage else list(load_task(task).default_first_stage)
+    for name in candidates:
+        path = bundle_dir(results, task, Path(name).stem if name.endswith((".trec", ".json", ".tsv")) else name,
+                          depth, pipeline.name)
+        if (path / "metrics.json").is_file():
+            return read_bundle(path)
+    if not run_missing:
+        raise HarnessError(f"no result bundle of {pipeline.name} on {task} (first stage {candidates[0]}, "
+                           f"depth {depth}) under {results}; run it, or drop --no-run")
+    log.info("evaluating %s on %s (no bundle yet)", pipeline.name, task)
+    outcome = run_pipeline(pipeline, task, first_stage=first_stage, depth=depth, results=results, measures=measures)
+    assert outcome.bundle is not None
+    return read_bundle(outcome.bundle)
+
+
+def default_measure(bundle: Bundle) -> str:
+    """The task's headline measure: PairedAccuracy for NevIR, else the first measure (nDCG@10)."""
+    measures = bundle.measures()
+    return PAIRED_ACCURACY if PAIRED_ACCURACY in measures else measures[0]
+
+
+def compare(a: dict[str, Bundle], b: dict[str, Bundle], *, labels: tuple[str, str], measure: str | None = None,
+            margin: float = 0.01, alpha: float = stats.ALPHA, resamples: int = stats.RESAMPLES,
+            seed: int = stats.SEED) -> Comparison:
+    tasks = [t for t in a if t in b]
+    if not tasks:
+        raise HarnessError(f"{labels[0]} and {labels[1]} share no task: {sorted(a)} vs {sorted(b)}")
+    rows = []
+    for task in tasks:
+        ba, bb = a[task], b[task]
+        m = measure or default_measure(ba)
+        va, vb = ba.values(m), bb.values(m)
+        units = sorted(set(va) & set(vb))
+        if set(va) != set(vb):
+            log.warning("%s: the two bundles judge different units (%d vs %d); comparing the %d shared",
+                        task, len(va), len(vb), len(units))
+        xa, xb = [va[u] for u in units], [vb[u] for u in units]
+        row = TaskComparison(task, m, units, xa, xb,
+                             stats.paired(xa, xb, margin=margin, resamples=resamples, seed=seed))
+        _rankings(row, ba, bb)
+        _judgments(row, ba, bb)
+        row.cost = (_cost(ba), _cost(bb))
+        rows.append(row)
+    for key in ("p_t", "p_randomization"):
+        for row, p in zip(rows, stats.holm([getattr(r.test, key) for r in rows]), strict=True):
+            setattr(row, f"{key}_holm", p)
+    pooled = None
+    if len(rows) > 1 and len({r.measure for r in rows}) == 1:
+        pooled = stats.paired([x for r in rows for x in r.a], [x for r in rows for x in r.b], margin=margin,
+                              resamples=resamples, seed=seed)
+    return Comparison(labels[0], labels[1], margin, alpha, rows, pooled,
+                      {t: (str(a[t].path), str(b[t].path)) for t in tasks})
+
+
+def _rankings(row: TaskComparison, ba: Bundle, bb: Bundle) -> None:
+    """Kendall's tau between the two orders of each query's candidates (the top `depth` of both)."""
+    ra, rb = ba.run(), bb.run()
+    for qid in sorted(set(ra) & set(rb)):
+        sa = {d.doc_id: d.score for d in ra[qid][: ba.metrics["depth"]]}
+        sb = {d.doc_id: d.score for d in rb[qid][: bb.metrics["depth"]]}
+        docs = sorted(set(sa) & set(sb))
+        tau = stats.kendall_tau([sa[d] for d in docs], [sb[d] for d in docs])
+        if math.isnan(tau):
+            continue
+        row.taus.append(tau)
+    row.untied_queries = len(row.taus)
+
+
+def _judgments(row: TaskComparison, ba: Bundle, bb: Bundle) -> None:
+    ja = {(j["query_id"], j["doc_id"]): j for j in ba.judgments()}
+    jb = {(j["query_id"], j["doc_id"]): j for j in bb.judgments()}
+    keys = sorted(set(ja) & set(jb))
+    if keys:
+        row.scores = ([ja[k]["score"] for k in keys], [jb[k]["score"] for k in keys])
+    else:  # first stages, or different candidates: the run scores of the shared top documents
+        ra, rb = ba.run(), bb.run()
+        xs, ys = [], []
+        for qid in sorted(set(ra) & set(rb)):
+            sb = {d.doc_id: d.score for d in rb[qid][: bb.metrics["depth"]]}
+            for d in ra[qid][: ba.metrics["depth"]]:
+                if d.doc_id in sb:
+                    xs.append(d.score)
+                    ys.append(sb[d.doc_id])
+        row.scores = (xs, ys)
+    types = {_last_type(ba), _last_type(bb)}
+    if len(types) == 1 and (family := types.pop()) in DECISIONS:
+        threshold = DECISIONS[family]
+        usable = [k for k in keys if ja[k]["fallback"] != UNSCORABLE and jb[k]["fallback"] != UNSCORABLE]
+        row.decisions = len(usable)
+        row.flips = sum((ja[k]["score"] > threshold) != (jb[k]["score"] > threshold) for k in usable)
+    ta = [ja[k]["generated_tokens"] for k in keys if "generated_tokens" in ja[k]]
+    tb = [jb[k]["generated_tokens"] for k in keys if "generated_tokens" in jb[k]]
+    if ta and tb:
+        row.tokens = (statistics.fmean(ta), statistics.fmean(tb))
+
+
+def _last_type(bundle: Bundle) -> str | None:
+    stages = bundle.metrics["stages"]
+    return stages[-1]["type"] if stages else None
+
+
+def _cost(bundle: Bundle) -> SideCost | None:
+    stages = bundle.execution.get("stages") or []
+    if not stages:
+        return None
+
+    def peak(key: str) -> float | None:
+        values = [s.get(key) for s in stages if s.get(key) is not None]
+        return max(values) if values else None
+
+    return SideCost(sum(s["items"] for s in stages), sum(s["computed"] for s in stages),
+                    sum(s["seconds"] for s in stages), peak("peak_rss_mb"), peak("peak_gpu_mb"))
+
+
+# -- report ---------------------------------------------------------------------------------------
+
+
+def _f(x: float | None, digits: int = 4) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x:.{digits}f}"
+
+
+def _p(x: float | None) -> str:
+    if x is None or math.isnan(x):
+        return "-"
+    return "<0.0001" if x < 1e-4 else f"{x:.4f}"
+
+
+def markdown(c: Comparison, plots: Iterable[str] = ()) -> str:
+    lines = [f"# {c.b} vs {c.a}", "",
+             f"A = `{c.a}`, B = `{c.b}`; delta = B - A per judged unit (query; pair for PairedAccuracy). "
+             f"Paired t-test and paired randomization test ({stats.RESAMPLES:,} sign flips, seed {stats.SEED}; "
+             f"exact below 14 units), two-sided, Holm-corrected across the {len(c.tasks)} task(s); "
+             f"equivalence: TOST within ±{c.margin:g}; alpha {c.alpha:g}.", "",
+             "| task | measure | n | A | B | delta (95% CI) | p t-test (Holm) | p randomization (Holm) "
+             "| TOST p | equivalent | Kendall tau | decision flips | generated tokens A → B |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in c.tasks:
+        t = r.test
+        flips = "-" if r.flip_rate is None else f"{r.flip_rate:.2%} ({r.flips}/{r.decisions})"
+        tokens = "-" if r.tokens is None else f"{r.tokens[0]:.1f} → {r.tokens[1]:.1f}"
+        equivalent = "yes" if t.p_tost is not None and t.p_tost < c.alpha else "no"
+        lines.append(
+            f"| {r.task} | {r.measure} | {t.n} | {_f(t.mean_a)} | {_f(t.mean_b)} | {t.delta:+.4f} "
+            f"({_f(t.ci_low)}, {_f(t.ci_high)}) | {_p(t.p_t)} ({_p(r.p_t_holm)}) | {_p(t.p_randomization)} "
+            f"({_p(r.p_randomization_holm)}) | {_p(t.p_tost)} | {equivalent} | {_f(r.tau_mean, 3)} "
+            f"({r.untied_queries} q) | {flips} | {tokens} |")
+    if c.pooled is not None:
+        t = c.pooled
+        equivalent = "yes" if t.p_tost is not None and t.p_tost < c.alpha else "no"
+        lines.append(f"| all tasks (pooled units) | {c.tasks[0].measure} | {t.n} | {_f(t.mean_a)} | {_f(t.mean_b)} "
+                     f"| {t.delta:+.4f} ({_f(t.ci_low)}, {_f(t.ci_high)}) | {_p(t.p_t)} | {_p(t.p_randomization)} "
+                     f"| {_p(t.p_tost)} | {equivalent} | | | |")
+    significant = [r.task for r in c.tasks if r.p_t_holm < c.alpha]
+    lines += ["", f"Significant differences (t-test, Holm): {', '.join(significant) or 'none'}. "
+              f"Equivalent within ±{c.margin:g} on every task: {'yes' if c.equivalent() else 'no'}.", ""]
+    lines += ["## Cost", "", "| side | task | documents | computed | seconds / 100 documents | peak RSS (MB) "
+              "| peak GPU (MB) |", "|---|---|---|---|---|---|---|"]
+    for r in c.tasks:
+        for label, cost in zip(("A", "B"), r.cost, strict=True):
+            if cost is None:
+                lines.append(f"| {label} | {r.task} | - | - | no model stage | - | - |")
+                continue
+            per = _f(cost.per_100, 2) if cost.computed else "all from cache: time a fresh cache"
+            lines.append(f"| {label} | {r.task} | {cost.items} | {cost.computed} | {per} | {_f(cost.peak_rss_mb, 0)} "
+                         f"| {_f(cost.peak_gpu_mb, 0)} |")
+    plots = list(plots)
+    if plots:
+        lines += ["", "## Plots", "", *(f"![{Path(p).stem}]({Path(p).name})" for p in plots)]
+    lines += ["", "## Bundles", ""]
+    for task, (pa, pb) in c.bundles.items():
+        lines.append(f"- {task}: A `{pa}`, B `{pb}`")
+    return "\n".join(lines) + "\n"
+
+
+def as_json(c: Comparison) -> dict[str, Any]:
+    def task(r: TaskComparison) -> dict[str, Any]:
+        return {"task": r.task, "measure": r.measure, **r.test.as_dict(), "p_t_holm": r.p_t_holm,
+                "p_randomization_holm": r.p_randomization_holm, "kendall_tau_mean": r.tau_mean,
+                "kendall_tau_queries": r.untied_queries, "flips": r.flips, "decisions": r.decisions,
+                "generated_tokens": r.tokens, "per_unit": dict(zip(r.units, zip(r.a, r.b, strict=True), strict=True)),
+                "cost": [None if x is None else {**x.__dict__, "seconds_per_100": x.per_100} for x in r.cost]}
+
+    return {"a": c.a, "b": c.b, "margin": c.margin, "alpha": c.alpha, "equivalent": c.equivalent(),
+            "tasks": [task(r) for r in c.tasks], "pooled": c.pooled.as_dict() if c.pooled else None,
+            "bundles": c.bundles}
+
+
+def plot(c: Comparison, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(c.tasks)
+    paths = []
+    fig, axes = plt.subplots(1, n, figsize=(max(5, 4.5 * n), 3.6), squeeze=False)
+    for ax, r in zip(axes[0], c.tasks, strict=True):
+        deltas = sorted((y - x for x, y in zip(r.a, r.b, strict=True)), reverse=True)
+        ax.bar(range(len(deltas)), deltas, width=1.0, color=["tab:green" if d > 0 else "tab:red" for d in deltas])
+        ax.axhline(0, color="black", lw=0.8)
+        ax.axhline(r.test.delta, color="tab:blue", lw=1, ls="--", label=f"mean {r.test.delta:+.4f}")
+        ax.set_title(f"{r.task}: {r.measure}, B - A per unit", fontsize=9)
+        ax.set_xlabel("units, sorted by delta")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(out / "delta.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+    fig, axes = plt.subplots(1, n, figsize=(max(4.5, 4.2 * n), 4), squeeze=False)
+    for ax, r in zip(axes[0], c.tasks, strict=True):
+        xs, ys = r.scores
+        ax.scatter(xs, ys, s=4, alpha=0.5)
+        if xs:
+            lo, hi = min(min(xs), min(ys)), max(max(xs), max(ys))
+            ax.plot([lo, hi], [lo, hi], color="black", lw=0.8)
+        ax.set_title(f"{r.task}: scores ({len(xs)} shared documents)", fontsize=9)
+        ax.set_xlabel(f"A: {c.a}", fontsize=8)
+        ax.set_ylabel(f"B: {c.b}", fontsize=8)
+    fig.tight_layout()
+    paths.append(out / "scatter.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+    return paths
+
+
+def write_report(c: Comparison, out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    plots = plot(c, out)
+    (out / "compare.json").write_text(json.dumps(as_json(c), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    report = out / "report.md"
+    report.write_text(markdown(c, [str(p) for p in plots]), encoding="utf-8")
+    return report

@@ -1,0 +1,83 @@
+"""Significance marks of a reranked run against its first stage and named baselines.
+
+Each reranked score is tested against each reference with the paired t-test over the task's
+units (queries; pairs for NevIR's PairedAccuracy), two-sided. The p-values of one bundle (every
+measure against every reference) are Holm-corrected together, so a mark survives the number of
+tests the table shows. The randomization test's p is stored beside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from harness import stats
+from harness.evaluate import PAIRED_ACCURACY, Evaluation
+
+Values = dict[str, dict[str, float]]  # measure -> unit id -> value
+
+FIRST_STAGE = "first stage"
+
+
+def unit_values(evaluation: Evaluation) -> Values:
+    """Per-unit values of every measure: queries, and NevIR pairs for PairedAccuracy."""
+    out: Values = {}
+    for qid, row in evaluation.per_query.items():
+        for measure, value in row.items():
+            out.setdefault(measure, {})[qid] = value
+    extra = evaluation.extra.get("paired_accuracy")
+    if isinstance(extra, Mapping):
+        out[PAIRED_ACCURACY] = {str(k): float(v) for k, v in extra["per_pair"].items()}
+    return out
+
+
+def significance(system: Values, references: Mapping[str, Values], measures: list[str],
+                 alpha: float = stats.ALPHA) -> dict[str, Any]:
+    """Paired tests of `system` against each reference, Holm-corrected over all of them."""
+    rows: list[tuple[str, str, stats.Paired]] = []
+    for ref, values in references.items():
+        for m in measures:
+            if m not in system or m not in values:
+                continue
+            units = sorted(set(system[m]) & set(values[m]))
+            test = stats.paired([values[m][u] for u in units], [system[m][u] for u in units])
+            rows.append((ref, m, test))
+    adjusted = stats.holm([t.p_t for _, _, t in rows])
+    against: dict[str, dict[str, Any]] = {}
+    for (ref, m, t), p_holm in zip(rows, adjusted, strict=True):
+        against.setdefault(ref, {})[m] = {
+            "n": t.n, "delta": t.delta, "p": t.p_t, "p_holm": p_holm, "p_randomization": t.p_randomization,
+            "significant": bool(p_holm < alpha), "direction": "better" if t.delta > 0 else "worse",
+        }
+    return {"test": "paired t-test, two-sided, Holm-corrected over every test of this bundle",
+            "alpha": alpha, "tests": len(rows), "against": against}
+
+
+def marks(block: Mapping[str, Any] | None, measure: str) -> str:
+    """`▲`/`▼` for a significant gain/loss against the first stage, `▲a`, `▼b` against baselines."""
+    if not block:
+        return ""
+    out = []
+    for i, (ref, tests) in enumerate(block["against"].items()):
+        t = tests.get(measure)
+        if not t or not t["significant"]:
+            continue
+        arrow = "▲" if t["direction"] == "better" else "▼"
+        out.append(arrow if ref == FIRST_STAGE else f"{arrow}{baseline_letter(block, i)}")
+    return "".join(out)
+
+
+def baseline_letter(block: Mapping[str, Any], index: int) -> str:
+    first = 1 if FIRST_STAGE in block["against"] else 0
+    return "abcdefghijklmnopqrstuvwxyz"[index - first]
+
+
+def legend(block: Mapping[str, Any] | None) -> str:
+    if not block or not block["tests"]:
+        return ""
+    parts = []
+    for i, ref in enumerate(block["against"]):
+        parts.append("▲/▼ the first stage" if ref == FIRST_STAGE else f"▲{baseline_letter(block, i)}/▼"
+                     f"{baseline_letter(block, i)} {ref}")
+    return (f"significant (paired t-test, Holm over {block['tests']} tests, alpha {block['alpha']}) "
+            "against: " + ", ".join(parts))

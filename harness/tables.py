@@ -1,0 +1,442 @@
+"""Published tables as data (`configs/tables/*.yaml`), regenerated from result bundles.
+
+A table has rows (a model config, a pipeline, `none` for the first stage alone, or nothing for a
+reference row the harness has no model for) and columns; every cell's run conditions are the
+table's `defaults`, overridden by its column, its row, then the row's `cells` entry: task, first
+stage, depth, measure, scale and tolerance. `build_table` reads each cell's bundle, evaluates the
+missing ones it can (unless told not to), and writes Markdown and LaTeX with published /
+reproduced / delta / OK, OKish or FAIL per cell, or "not run" with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from harness.data import PROJECT_ROOT
+from harness.errors import ConfigError, DataNotFoundError, HarnessError, InputError
+from harness.pipeline import PipelineSpec, bundle_dir, safe_name
+from harness.tasks import validation_error
+
+log = logging.getLogger(__name__)
+
+TABLES_DIR = PROJECT_ROOT / "configs" / "tables"
+SECONDS_PER_QUERY = "seconds/query"  # wall time of the reranking stages per query (execution.json)
+
+
+class Tolerance(BaseModel):
+    """|reproduced - published| in the table's units: <= ok reads OK, <= okish reads OKish, else FAIL."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ok: float = Field(ge=0)
+    okish: float = Field(ge=0)
+    relative: bool = False  # a share of the published value (timings), not absolute points
+
+
+class Conditions(BaseModel):
+    """What decides a cell; unset fields come from the enclosing level."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    task: str | None = None
+    first_stage: str | None = None
+    depth: int | None = Field(default=None, ge=1)
+    measure: str | None = None
+    scale: float | None = None
+    tolerance: Tolerance | None = None
+    unavailable: str | None = None  # why the harness cannot run this cell at all
+
+
+class Column(Conditions):
+    id: str
+    label: str
+
+
+class Row(Conditions):
+    label: str
+    model: str | None = None  # a model config, 'none' (the first stage), or unset: a reference row
+    pipeline: PipelineSpec | None = None  # a chain of stages instead of one model
+    published: dict[str, float | None] = {}
+    cells: dict[str, Conditions] = {}
+
+
+class TableSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    title: str
+    source: str
+    units: str = "nDCG@10 x 100"
+    digits: int = 1
+    defaults: Conditions = Conditions(depth=100, scale=100.0, tolerance=Tolerance(ok=0.5, okish=1.5))
+    columns: list[Column] = Field(min_length=1)
+    rows: list[Row] = Field(min_length=1)
+    notes: list[str] = []
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TableSpec:
+        ids = [c.id for c in self.columns]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"column ids repeat: {ids}")
+        for row in self.rows:
+            for key in (*row.published, *row.cells):
+                if key not in ids:
+                    raise ValueError(f"row {row.label!r} names column {key!r}; the columns are {ids}")
+            if row.model and row.pipeline:
+                raise ValueError(f"row {row.label!r} has both model and pipeline")
+        return self
+
+
+@dataclass
+class Cell:
+    row: Row
+    column: Column
+    conditions: dict[str, Any]
+    published: float | None
+    reproduced: float | None = None
+    status: Literal["OK", "OKish", "FAIL", "not run", "no reference"] = "not run"
+    reason: str = ""
+    bundle: str | None = None
+
+    @property
+    def delta(self) -> float | None:
+        if self.published is None or self.reproduced is None:
+            return None
+        return self.reproduced - self.published
+
+
+@dataclass
+class BuiltTable:
+    spec: TableSpec
+    cells: list[Cell]
+    markdown: str = ""
+    latex: str = ""
+    paths: list[Path] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for c in self.cells:
+            out[c.status] = out.get(c.status, 0) + 1
+        return out
+
+
+def available_tables() -> list[str]:
+    return sorted(p.stem for p in TABLES_DIR.glob("*.yaml"))
+
+
+def load_table(name_or_path: str | Path) -> TableSpec:
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = TABLES_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"no table {name_or_path!r}; known tables: {', '.join(available_tables())}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise InputError(path, f"not valid YAML: {exc}", line=mark.line + 1 if mark else None) from exc
+    try:
+        return TableSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise validation_error(path, exc) from exc
+
+
+def _merge(*levels: Conditions) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for level in levels:
+        for key, value in level.model_dump(exclude_none=True).items():
+            out[key] = value
+    return out
+
+
+def _pipeline(row: Row) -> PipelineSpec | None:
+    if row.pipeline is not None:
+        return row.pipeline
+    if row.model is None:
+        return None
+    return PipelineSpec.single(row.model)
+
+
+def cells_of(spec: TableSpec) -> list[Cell]:
+    out = []
+    for row in spec.rows:
+        for col in spec.columns:
+            cond = _merge(spec.defaults, col, row, row.cells.get(col.id, Conditions()))
+            out.append(Cell(row, col, cond, row.published.get(col.id)))
+    return out
+
+
+def _gpu_available() -> bool:
+    if os.environ.get("HARNESS_ASSUME_GPU") == "1":
+        return True
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def _why_not_runnable(pipeline: PipelineSpec) -> str | None:
+    """No GPU for a model that needs one, weights not on this machine: the reasons, or None."""
+    from harness.registry import load_model_config
+    from harness.weights import missing_locally
+
+    reasons = []
+    for stage in pipeline.stages:
+        try:
+            config = load_model_config(stage.model, stage.weights)
+        except HarnessError as exc:
+            return f"no usable model config {stage.model!r}: {exc}"
+        if config.gpu_memory_gb and not _gpu_available():
+            reasons.append(f"no GPU ({config.name} needs one with ~{config.gpu_memory_gb:g} GB)")
+        absent = missing_locally(config.weights)
+        if absent:
+            reasons.append(f"{config.name}: {absent}")
+    return "; ".join(reasons) or None
+
+
+def _find_bundle(results: Path, task: str, first_stage: str | None, depth: int, pipeline: str) -> Path | None:
+    from harness.tasks import load_task
+
+    names = [first_stage] if first_stage else list(load_task(task).default_first_stage)
+    for name in names:
+        path = bundle_dir(results, task, name, depth, pipeline)
+        if (path / "metrics.json").is_file():
+            return path
+    return None
+
+
+def _value(bundle_path: Path, measure: str) -> tuple[float | None, str]:
+    from harness.bundle import read_bundle
+
+    bundle = read_bundle(bundle_path)
+    if measure == SECONDS_PER_QUERY:
+        stages = bundle.execution.get("stages") or []
+        if not stages:
+            return None, "no reranking stage to time"
+        if any(s["computed"] < s["items"] for s in stages):
+            return None, "timing unusable: some outputs came from the cache (time it with a fresh cache)"
+        queries = bundle.metrics["queries"]["judged"]
+        return sum(s["seconds"] for s in stages) / queries, ""
+    value = bundle.aggregate(measure)
+    if value is None:
+        return None, f"the bundle has no {measure}; re-run with --measures including it"
+    return value, ""
+
+
+def fill(cell: Cell, results: Path, run_missing: bool) -> None:
+    """Find (or compute) a cell's reproduced value, or the reason it has none."""
+    from harness.pipeline import run_pipeline
+    from harness.tasks import load_task
+
+    cond = cell.conditions
+    if cond.get("unavailable"):
+        cell.reason = cond["unavailable"]
+        return
+    pipeline = _pipeline(cell.row)
+    if pipeline is None:
+        cell.reason = "reference row: the harness has no config for this model"
+        return
+    if "task" not in cond or "measure" not in cond:
+        raise ConfigError(f"table cell ({cell.row.label}, {cell.column.label}) names no task or measure")
+    try:
+        load_task(cond["task"])
+    except HarnessError as exc:
+        cell.reason = f"task {cond['task']!r} is not available: {str(exc).splitlines()[0]}"
+        return
+    depth = cond.get("depth", 100)
+    path = _find_bundle(results, cond["task"], cond.get("first_stage"), depth, pipeline.name)
+    if path is None:
+        blocker = _why_not_runnable(pipeline)
+        if blocker:
+            cell.reason = blocker
+            return
+        if not run_missing:
+            cell.reason = "no result bundle yet (--no-run)"
+            return
+        measures = None if cond["measure"] == SECONDS_PER_QUERY else _measures(cond["task"], cond["measure"])
+        try:
+            outcome = run_pipeline(pipeline, cond["task"], first_stage=cond.get("first_stage"), depth=depth,
+                                   results=results, measures=measures)
+        except DataNotFoundError as exc:
+            cell.reason = _absent_data(str(exc))
+            return
+        except HarnessError as exc:
+            cell.reason = f"failed: {str(exc).splitlines()[0]}"
+            return
+        path = outcome.bundle
+    assert path is not None
+    cell.bundle = str(path)
+    value, why = _value(path, cond["measure"])
+    if value is None:
+        cell.reason = why
+        return
+    cell.reproduced = value * cond.get("scale", 1.0) if cond["measure"] != SECONDS_PER_QUERY else value
+    _judge(cell)
+
+
+def _absent_data(message: str) -> str:
+    path = re.search(r"(\S+) is not in the mirror", message)
+    url = re.search(r"Download (\S+?)[,.]? ", message)
+    if not path:
+        return f"data not present: {message.splitlines()[0]}"
+    return f"data not present: {path.group(1)}" + (f" (from {url.group(1)})" if url else "")
+
+
+def _measures(task: str, measure: str) -> list[str]:
+    """The task's measures plus the cell's, so one bundle serves every column of a row."""
+    from harness.evaluate import PAIRED_ACCURACY
+    from harness.tasks import load_task
+
+    names = list(load_task(task).measures)
+    if measure not in names and measure != PAIRED_ACCURACY:
+        names.append(measure)
+    return names
+
+
+def _judge(cell: Cell) -> None:
+    if cell.published is None or cell.delta is None:
+        cell.status = "no reference"
+        return
+    tol: dict[str, Any] = cell.conditions.get("tolerance") or {"ok": 0.5, "okish": 1.5}
+    size = abs(cell.delta) / abs(cell.published) if tol.get("relative") and cell.published else abs(cell.delta)
+    cell.status = "OK" if size <= tol["ok"] + 1e-9 else "OKish" if size <= tol["okish"] + 1e-9 else "FAIL"
+
+
+def build_table(spec: TableSpec, *, results: Path = Path("results"), run_missing: bool = True,
+                out: Path | None = None) -> BuiltTable:
+    cells = cells_of(spec)
+    for cell in cells:
+        fill(cell, results, run_missing)
+    built = BuiltTable(spec, cells)
+    built.markdown = to_markdown(built)
+    built.latex = to_latex(built)
+    folder = out or results / "tables"
+    folder.mkdir(parents=True, exist_ok=True)
+    name = safe_name(spec.name)
+    built.paths = [folder / f"{name}.md", folder / f"{name}.tex", folder / f"{name}.json"]
+    built.paths[0].write_text(built.markdown, encoding="utf-8")
+    built.paths[1].write_text(built.latex, encoding="utf-8")
+    built.paths[2].write_text(json.dumps(as_json(built), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return built
+
+
+# -- rendering ------------------------------------------------------------------------------------
+
+
+def _num(x: float | None, digits: int) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def _cell_text(cell: Cell, digits: int, footnote: int | None) -> str:
+    pub = _num(cell.published, digits)
+    if cell.status == "not run":
+        return f"{pub} / not run [{footnote}]"
+    rep = _num(cell.reproduced, digits)
+    if cell.status == "no reference":
+        return f"- / {rep}"
+    return f"{pub} / {rep} ({cell.delta:+.{digits}f}) {cell.status}"
+
+
+def _footnotes(built: BuiltTable) -> tuple[dict[int, int], list[str]]:
+    """Footnote numbers for the not-run cells, one per distinct reason."""
+    reasons: list[str] = []
+    of_cell: dict[int, int] = {}
+    for i, cell in enumerate(built.cells):
+        if cell.status != "not run":
+            continue
+        if cell.reason not in reasons:
+            reasons.append(cell.reason)
+        of_cell[i] = reasons.index(cell.reason) + 1
+    return of_cell, reasons
+
+
+def _summary(built: BuiltTable) -> str:
+    counts = built.counts()
+    order = ["OK", "OKish", "FAIL", "no reference", "not run"]
+    return ", ".join(f"{counts[k]} {k}" for k in order if counts.get(k))
+
+
+def to_markdown(built: BuiltTable) -> str:
+    spec = built.spec
+    of_cell, reasons = _footnotes(built)
+    lines = [f"## {spec.title}", "", f"Source: {spec.source}. Values: {spec.units}; each cell reads "
+             "published / reproduced (delta) status.", ""]
+    lines.append("| " + " | ".join(["", *(c.label for c in spec.columns)]) + " |")
+    lines.append("|" + "---|" * (len(spec.columns) + 1))
+    n = len(spec.columns)
+    for r, row in enumerate(spec.rows):
+        texts = [_cell_text(built.cells[r * n + c], spec.digits, of_cell.get(r * n + c)) for c in range(n)]
+        lines.append("| " + " | ".join([row.label, *texts]) + " |")
+    lines += ["", f"Summary: {_summary(built)}.", ""]
+    if reasons:
+        lines += ["Not run:", *(f"[{i}] {reason}" for i, reason in enumerate(reasons, start=1)), ""]
+    for note in spec.notes:
+        lines.append(f"- {note}")
+    if spec.notes:
+        lines.append("")
+    lines += ["### Cells", "", "| row | column | model | task | first stage | depth | measure | tolerance (OK / OKish) "
+              "| published | reproduced | delta | status | bundle or reason |", "|" + "---|" * 13]
+    for cell in built.cells:
+        cond = cell.conditions
+        pipeline = _pipeline(cell.row)
+        tol = cond.get("tolerance") or {}
+        tol_text = f"{tol.get('ok', '-')} / {tol.get('okish', '-')}{' rel.' if tol.get('relative') else ''}"
+        lines.append("| " + " | ".join([
+            cell.row.label, cell.column.label, pipeline.name if pipeline else "-", cond.get("task", "-"),
+            cond.get("first_stage") or "(task default)", str(cond.get("depth", "-")), cond.get("measure", "-"),
+            tol_text, _num(cell.published, spec.digits), _num(cell.reproduced, spec.digits),
+            "-" if cell.delta is None else f"{cell.delta:+.{spec.digits}f}", cell.status,
+            f"`{cell.bundle}`" if cell.bundle else cell.reason]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+_TEX = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
+        "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}"}
+
+
+def tex_escape(text: str) -> str:
+    return "".join(_TEX.get(ch, ch) for ch in text).replace("↳", r"$\hookrightarrow$")
+
+
+def to_latex(built: BuiltTable) -> str:
+    spec = built.spec
+    of_cell, reasons = _footnotes(built)
+    n = len(spec.columns)
+    lines = [r"% generated by `python -m harness tables " + spec.name + "`; needs \\usepackage{booktabs}",
+             r"\begin{table}[t]", r"\centering", r"\small",
+             r"\begin{tabular}{l" + "c" * n + "}", r"\toprule",
+             " & ".join(["", *(tex_escape(c.label) for c in spec.columns)]) + r" \\", r"\midrule"]
+    for r, row in enumerate(spec.rows):
+        texts = []
+        for c in range(n):
+            cell = built.cells[r * n + c]
+            text = _cell_text(cell, spec.digits, of_cell.get(r * n + c))
+            texts.append(tex_escape(text).replace(" / ", "/"))
+        lines.append(" & ".join([tex_escape(row.label), *texts]) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    caption = (f"{spec.title}. Published/reproduced (delta) status; {spec.units}. Source: {spec.source}. "
+               f"{_summary(built)}.")
+    if reasons:
+        caption += " Not run: " + "; ".join(f"[{i}] {r}" for i, r in enumerate(reasons, start=1)) + "."
+    lines += [r"\caption{" + tex_escape(caption) + "}", r"\label{tab:" + safe_name(spec.name) + "}",
+              r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def as_json(built: BuiltTable) -> dict[str, Any]:
+    return {"name": built.spec.name, "title": built.spec.title, "source": built.spec.source,
+            "summary": built.counts(),
+            "cells": [{"row": c.row.label, "column": c.column.id, "conditions": c.conditions,
+                       "model": (p.name if (p := _pipeline(c.row)) else None), "published": c.published,
+                       "reproduced": c.reproduced, "delta": c.delta, "status": c.status, "reason": c.reason,
+                       "bundle": c.bundle} for c in built.cells]}
