@@ -43,6 +43,12 @@ class ConfigError(HarnessError):
     """A config names something that does not exist or cannot be used."""
 
 
+class ConfigFileError(InputError, ConfigError):
+    """A config file (model, run, task) whose key names something that does not exist or cannot be
+    used: an unknown task or model, a first stage that is not there, a weights folder that is not.
+    It names the file and the key, like every InputError, and is a ConfigError."""
+
+
 class MissingDependencyError(HarnessError):
     """An optional dependency is needed; the message names the extra to install."""
 

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import logging
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from harness.data import PROJECT_ROOT
-from harness.errors import ConfigError, InputError
+from harness.errors import ConfigError, ConfigFileError, InputError
 from harness.rerankers.base import ModelConfig, Reranker
-from harness.tasks import validation_error
-from harness.weights import ResolvedWeights
+from harness.tasks import read_yaml, validation_error
+from harness.weights import ResolvedWeights, Weights
+
+log = logging.getLogger(__name__)
 
 MODELS_DIR = PROJECT_ROOT / "configs" / "models"
 
@@ -53,6 +55,9 @@ def parse_model_config(raw: Any, path: Path | str) -> ModelConfig:
     if not isinstance(raw, dict):
         raise InputError(path, "expected a mapping with at least 'name', 'type' and 'weights'")
     kind = raw.get("type")
+    if kind is None:
+        raise InputError(path, f"missing; every model config names its family, one of: {', '.join(FAMILIES)}",
+                         key="type")
     if kind not in FAMILIES:
         close = difflib.get_close_matches(str(kind), list(FAMILIES), n=2)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
@@ -62,24 +67,45 @@ def parse_model_config(raw: Any, path: Path | str) -> ModelConfig:
         config: ModelConfig = config_cls.model_validate(raw)
     except ValidationError as exc:
         raise validation_error(path, exc) from exc
+    _check_local_weights(config, path)
     return config
+
+
+def _check_local_weights(config: ModelConfig, path: Path | str) -> None:
+    """A `path:` of weights that is not a folder stops the run when the config is read, before any
+    data or compute is spent (relative paths as weights.py resolves them: here, else the project)."""
+    for key in ("weights", "base"):
+        weights = getattr(config, key, None)
+        if not isinstance(weights, Weights) or not weights.path:
+            continue
+        if not _local_folder(weights.path).is_dir():
+            raise ConfigFileError(path, f"{weights.path!r} is not a folder; expected a local folder with the "
+                                  "model's weights (config.json and the weight files)", key=f"{key}.path")
+
+
+def _local_folder(path: str) -> Path:
+    folder = Path(path).expanduser()
+    return PROJECT_ROOT / folder if not folder.is_absolute() and not folder.exists() else folder
 
 
 def load_model_config(name_or_path: str, weights_path: str | None = None) -> ModelConfig:
     """The model config called `name_or_path` (a file in configs/models, or a YAML path)."""
     path = model_config_path(name_or_path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise InputError(path, f"not valid YAML: {exc}", line=mark.line + 1 if mark else None) from exc
+    raw = read_yaml(path, "model config")
     if weights_path is not None and isinstance(raw, dict):
+        if not _local_folder(weights_path).is_dir():
+            raise ConfigError(f"model {path.stem!r}: the weights folder {weights_path!r} given in place of the "
+                              "config's (--weights, or a stage's `weights:`) is not a folder")
         raw = {**raw, "weights": {"path": weights_path}}
     return parse_model_config(raw, path)
 
 
 def build_reranker(config: ModelConfig, weights: ResolvedWeights | None = None) -> Reranker:
     """The reranker of `config`; `weights` already resolved (by the pipeline) are not resolved again."""
+    if config.trust_remote_code:
+        # Said where the run shows it; the config, trust_remote_code included, is in the bundle.
+        log.warning("model %r: trust_remote_code is on (its config asks for it): Python code shipped with "
+                    "the weights will run", config.name)
     cls = _load(FAMILIES[config.type][1])
     reranker: Reranker = cls(config, weights)
     return reranker

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from harness.errors import InputError
+from harness.errors import ConfigError, ConfigFileError, InputError
 from harness.pipeline import PipelineSpec
-from harness.tasks import validation_error
+from harness.registry import load_model_config, model_config_path
+from harness.tasks import TaskSpec, load_task, read_yaml, validation_error
 
 
 class RunSpec(BaseModel):
@@ -51,15 +51,37 @@ class RunSpec(BaseModel):
 
 
 def load_run_spec(path: str | Path) -> RunSpec:
+    """A run config, checked through: its tasks, first stage and models exist (each error names the
+    file and key), so that a typo stops the run before the first job spends any compute."""
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "run config does not exist")
+    raw = read_yaml(path, "run config")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise InputError(path, f"not valid YAML: {exc}", line=mark.line + 1 if mark else None) from exc
-    try:
-        return RunSpec.model_validate(raw)
+        spec = RunSpec.model_validate(raw)
     except ValidationError as exc:
         raise validation_error(path, exc) from exc
+    tasks: list[TaskSpec] = []
+    for i, name in enumerate(spec.tasks):
+        try:
+            tasks.append(load_task(name))
+        except ConfigError as exc:
+            raise ConfigFileError(path, str(exc), key=f"tasks.{i}") from exc
+    if spec.first_stage is not None and not Path(spec.first_stage).is_file():
+        for task in tasks:
+            if spec.first_stage not in task.first_stages:
+                raise ConfigFileError(
+                    path, f"{spec.first_stage!r} is neither a first stage of {task.name} "
+                    f"({', '.join(task.first_stages)}) nor an existing run file", key="first_stage")
+    for i, model in enumerate(spec.models):
+        stages = [(f"models.{i}", model, None)] if isinstance(model, str) else [
+            (f"models.{i}.stages.{j}.model", stage.model, stage.weights) for j, stage in enumerate(model.stages)]
+        for key, name, weights in stages:
+            if name == "none":
+                continue
+            try:
+                model_config_path(name)
+            except ConfigError as exc:
+                raise ConfigFileError(path, str(exc), key=key) from exc
+            load_model_config(name, weights)  # its own errors name the model's file
+    return spec

@@ -69,10 +69,22 @@ class TaskSpec(BaseModel):
                 raise ValueError(f"default_first_stage names {name!r}, not one of {sorted(self.first_stages)}")
 
 
-def _read_yaml(path: Path) -> Any:
+def read_yaml(path: str | Path, what: str = "config") -> Any:
+    """Plain data from a YAML file, with `yaml.safe_load` only: a tag that would build a Python
+    object (`!!python/object/apply:...`) is refused, never run."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, f"{what} file does not exist")
     try:
-        with path.open(encoding="utf-8") as fh:
-            return yaml.safe_load(fh)
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(path, f"not valid UTF-8 ({exc.reason}); expected a UTF-8 YAML file") from exc
+    try:
+        return yaml.safe_load(text)
+    except yaml.constructor.ConstructorError as exc:
+        mark = exc.problem_mark
+        raise InputError(path, f"YAML tag not allowed ({exc.problem}); expected plain data: mappings, lists, "
+                         "strings and numbers", line=mark.line + 1 if mark else None) from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         raise InputError(path, f"not valid YAML: {exc}", line=mark.line + 1 if mark else None) from exc
@@ -95,7 +107,7 @@ def validation_error(path: Path | str, exc: ValidationError) -> InputError:
 
 @functools.cache
 def _beir_catalogue() -> dict[str, Any]:
-    data = _read_yaml(TASKS_DIR / "beir.yaml")
+    data = read_yaml(TASKS_DIR / "beir.yaml")
     if not isinstance(data, dict) or "datasets" not in data:
         raise InputError(TASKS_DIR / "beir.yaml", "expected keys 'url', 'first_stages', 'datasets'")
     return data
@@ -169,12 +181,12 @@ def load_task(name: str) -> TaskSpec:
         override = TASKS_DIR / "beir" / f"{dataset}.yaml"
         path = override if override.is_file() else TASKS_DIR / "beir.yaml"
         if override.is_file():
-            raw = _merge_override(raw, _read_yaml(override) or {})
+            raw = _merge_override(raw, read_yaml(override) or {})
     else:
         path = TASKS_DIR / f"{name}.yaml"
         if "/" in name or not path.is_file():
             raise ConfigError(_unknown("task", name, available_tasks()))
-        raw = _read_yaml(path)
+        raw = read_yaml(path)
     try:
         return TaskSpec.model_validate(raw)
     except ValidationError as exc:
