@@ -120,13 +120,23 @@ def write_bundle(outcome: Outcome, data: TaskData, results: Path) -> Path:
     execution = {
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "seconds": round(outcome.seconds, 3),
+        "phases": {name: round(sec, 3) for name, sec in outcome.timings.items()},
         "machine": machine(),
-        "stages": [{"model": st.config.name, "seconds": round(st.seconds, 3), **st.stats.as_dict(),
-                    "peak_rss_mb": _round(st.peak_rss_mb), "peak_gpu_mb": _round(st.peak_gpu_mb)}
-                   for st in outcome.stages],
+        "stages": [_stage_execution(st) for st in outcome.stages],
     }
     _atomic_write(out / "execution.json", _dump(execution))
     _atomic_write(out / "metrics.json", _dump(metrics))  # last: its presence marks a finished bundle
+    return out
+
+
+def _stage_execution(st: Any) -> dict[str, Any]:
+    """A stage's wall time (and where it went, when the family says), counts and peak memory."""
+    counts = st.stats.as_dict()
+    split = counts.pop("seconds", None)
+    out = {"model": st.config.name, "seconds": round(st.seconds, 3), **counts,
+           "peak_rss_mb": _round(st.peak_rss_mb), "peak_gpu_mb": _round(st.peak_gpu_mb)}
+    if split:
+        out["seconds_split"] = split
     return out
 
 

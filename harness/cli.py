@@ -113,7 +113,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from harness.compare import compare, resolve_side, write_report
+    from harness.compare import compare, resolve_side, summary, write_report
     from harness.pipeline import safe_name
 
     sides = [resolve_side(s, args.task or [], first_stage=args.first_stage, depth=args.depth, results=args.results,
@@ -122,11 +122,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     result = compare(sides[0], sides[1], labels=labels, measure=args.measure, margin=args.margin, alpha=args.alpha)
     out = args.out or args.results / "compare" / f"{safe_name(labels[1])}__vs__{safe_name(labels[0])}"
     report = write_report(result, out)
-    from rich.markdown import Markdown
-
     console = _console()
-    console.print(Markdown(report.read_text(encoding="utf-8")))
-    console.print(f"report: {report}")
+    for line in summary(result):
+        console.print(line, markup=False, soft_wrap=True)
+    console.print(f"report: {report} (plots: delta.png, scatter.png)")
     return 0
 
 
@@ -134,7 +133,8 @@ def _side_label(spec: str, bundles: dict) -> str:  # type: ignore[type-arg]
     if (Path(spec) / "metrics.json").is_file():
         b = next(iter(bundles.values()))
         return f"{b.metrics['pipeline']}@{b.metrics['first_stage_name']}"
-    return spec
+    model, at, stage = spec.partition("@")
+    return (Path(model).stem if model.endswith((".yaml", ".yml")) else model) + at + stage
 
 
 def cmd_tables(args: argparse.Namespace) -> int:

@@ -64,6 +64,7 @@ class TaskComparison:
     tokens: tuple[float, float] | None = None
     cost: tuple[SideCost | None, SideCost | None] = (None, None)
     scores: tuple[list[float], list[float]] = ([], [])  # joined model (or run) scores, for the scatter
+    same_scale: bool = False  # both scores from one family: the diagonal means "unchanged"
 
     @property
     def tau_mean(self) -> float:
@@ -184,6 +185,7 @@ def _judgments(row: TaskComparison, ba: Bundle, bb: Bundle) -> None:
     keys = sorted(set(ja) & set(jb))
     if keys:
         row.scores = ([ja[k]["score"] for k in keys], [jb[k]["score"] for k in keys])
+        row.same_scale = _last_type(ba) == _last_type(bb)
     else:  # first stages, or different candidates: the run scores of the shared top documents
         ra, rb = ba.run(), bb.run()
         xs, ys = [], []
@@ -267,8 +269,11 @@ def markdown(c: Comparison, plots: Iterable[str] = ()) -> str:
     significant = [r.task for r in c.tasks if r.p_t_holm < c.alpha]
     lines += ["", f"Significant differences (t-test, Holm): {', '.join(significant) or 'none'}. "
               f"Equivalent within ±{c.margin:g} on every task: {'yes' if c.equivalent() else 'no'}.", ""]
-    lines += ["## Cost", "", "| side | task | documents | computed | seconds / 100 documents | peak RSS (MB) "
-              "| peak GPU (MB) |", "|---|---|---|---|---|---|---|"]
+    lines += ["## Cost", "",
+              "Wall time of the reranking stages (model load included) over the documents they computed; "
+              "peak memory of the process (RSS) and of torch on the GPU.", "",
+              "| side | task | documents | computed | seconds / 100 documents | peak RSS (MB) | peak GPU (MB) |",
+              "|---|---|---|---|---|---|---|"]
     for r in c.tasks:
         for label, cost in zip(("A", "B"), r.cost, strict=True):
             if cost is None:
@@ -324,7 +329,7 @@ def plot(c: Comparison, out: Path) -> list[Path]:
     for ax, r in zip(axes[0], c.tasks, strict=True):
         xs, ys = r.scores
         ax.scatter(xs, ys, s=4, alpha=0.5)
-        if xs:
+        if xs and r.same_scale:
             lo, hi = min(min(xs), min(ys)), max(max(xs), max(ys))
             ax.plot([lo, hi], [lo, hi], color="black", lw=0.8)
         ax.set_title(f"{r.task}: scores ({len(xs)} shared documents)", fontsize=9)
@@ -335,6 +340,39 @@ def plot(c: Comparison, out: Path) -> list[Path]:
     fig.savefig(paths[-1], dpi=120)
     plt.close(fig)
     return paths
+
+
+def summary(c: Comparison) -> list[str]:
+    """A few lines per task for the terminal; the report has everything."""
+    lines = [f"B = {c.b} vs A = {c.a} (delta = B - A)"]
+    for r in c.tasks:
+        t = r.test
+        verdict = "significant" if r.p_t_holm < c.alpha else "not significant"
+        equivalent = t.p_tost is not None and t.p_tost < c.alpha
+        lines += [
+            f"{r.task} {r.measure} over {t.n} units: A {_f(t.mean_a)}  B {_f(t.mean_b)}  delta {t.delta:+.4f} "
+            f"(95% CI {_f(t.ci_low)}, {_f(t.ci_high)})",
+            f"  t-test p {_p(t.p_t)} (Holm {_p(r.p_t_holm)}), randomization p {_p(t.p_randomization)} "
+            f"(Holm {_p(r.p_randomization_holm)}): {verdict}",
+            f"  TOST within ±{c.margin:g}: p {_p(t.p_tost)}, {'equivalent' if equivalent else 'not shown equivalent'}; "
+            f"Kendall tau {_f(r.tau_mean, 3)} over {r.untied_queries} queries",
+        ]
+        extra = []
+        if r.flip_rate is not None:
+            extra.append(f"decision flips {r.flip_rate:.2%} ({r.flips}/{r.decisions})")
+        if r.tokens is not None:
+            extra.append(f"generated tokens {r.tokens[0]:.1f} → {r.tokens[1]:.1f}")
+        for label, cost in zip(("A", "B"), r.cost, strict=True):
+            if cost is not None and cost.per_100 is not None:
+                extra.append(f"{label} {cost.per_100:.2f} s / 100 docs, peak RSS {_f(cost.peak_rss_mb, 0)} MB"
+                             + (f", GPU {_f(cost.peak_gpu_mb, 0)} MB" if cost.peak_gpu_mb is not None else ""))
+        if extra:
+            lines.append("  " + "; ".join(extra))
+    if c.pooled is not None:
+        t = c.pooled
+        lines.append(f"all tasks (pooled, {t.n} units): delta {t.delta:+.4f}, t-test p {_p(t.p_t)}, "
+                     f"TOST p {_p(t.p_tost)}")
+    return lines
 
 
 def write_report(c: Comparison, out: Path) -> Path:
