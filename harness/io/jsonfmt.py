@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import InputError
-from harness.io.text import read_lines
+from harness.io.text import BOM, note, read_lines
 from harness.records import Document, Run, ScoredDoc, sort_trec
 
 
@@ -22,22 +22,31 @@ class Candidates:
     documents: dict[str, Document]
 
 
-def _load_json(path: str | Path) -> Any:
+def _load_json(path: str | Path, notes: list[str] | None = None) -> Any:
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "file does not exist")
-    raw = path.read_text(encoding="utf-8-sig")
+    raw = path.read_bytes()
+    if raw.startswith(BOM):
+        raw = raw[len(BOM) :]
+        if raw.strip():
+            note(notes, f"{path}: starts with a UTF-8 byte-order mark; ignored")
     if not raw.strip():
         raise InputError(path, "file is empty; expected JSON")
     try:
-        return json.loads(raw)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        bad_line = raw[: exc.start].count(b"\n") + 1
+        raise InputError(path, f"not valid UTF-8 ({exc.reason}); expected UTF-8 JSON", line=bad_line) from exc
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise InputError(path, f"not valid JSON: {exc.msg}", line=exc.lineno) from exc
+        raise InputError(path, f"not valid JSON: {exc.msg} (column {exc.colno})", line=exc.lineno) from exc
 
 
-def read_rankgpt(path: str | Path) -> Candidates:
+def read_rankgpt(path: str | Path, *, notes: list[str] | None = None) -> Candidates:
     """Read `[{"query": str, "hits": [{"qid", "docid", "content", "score", "rank"}]}]`."""
-    data = _load_json(path)
+    data = _load_json(path, notes)
     if not isinstance(data, list):
         raise InputError(path, "expected a JSON list of {'query', 'hits'} objects")
     run: Run = {}
@@ -56,9 +65,11 @@ def read_rankgpt(path: str | Path) -> Candidates:
                 raise InputError(path, "expected an object", key=hkey)
             for name in ("qid", "docid", "content", "score"):
                 if name not in hit:
-                    raise InputError(path, f"missing {name!r}", key=hkey)
+                    raise InputError(path, f"missing {name!r}; expected a hit with 'qid', 'docid', 'content' "
+                                     "(the passage text) and 'score'", key=hkey)
             if not isinstance(hit["content"], str):
-                raise InputError(path, "expected 'content' to be a string", key=f"{hkey}.content")
+                raise InputError(path, f"expected 'content' to be a string (the passage text), found "
+                                 f"{type(hit['content']).__name__}", key=f"{hkey}.content")
             if not isinstance(hit["qid"], (str, int)) or not isinstance(hit["docid"], (str, int)):
                 raise InputError(path, "expected 'qid' and 'docid' to be strings or integers", key=hkey)
             score = hit["score"]
@@ -76,9 +87,10 @@ def read_rankgpt(path: str | Path) -> Candidates:
     return Candidates({q: sort_trec(d) for q, d in run.items()}, queries, documents)
 
 
-def read_mteb(path: str | Path, subset: str = "default", split: str = "test") -> Run:
+def read_mteb(path: str | Path, subset: str = "default", split: str = "test", *,
+              notes: list[str] | None = None) -> Run:
     """Read MTEB prediction JSON: flat `{qid: {docid: score}}` or nested with `mteb_model_meta`."""
-    data = _load_json(path)
+    data = _load_json(path, notes)
     if not isinstance(data, dict):
         raise InputError(path, "expected a JSON object {qid: {docid: score}}")
     if "mteb_model_meta" in data:
@@ -107,10 +119,10 @@ def read_mteb(path: str | Path, subset: str = "default", split: str = "test") ->
     return run
 
 
-def read_beir_corpus(path: str | Path) -> dict[str, Document]:
+def read_beir_corpus(path: str | Path, *, notes: list[str] | None = None) -> dict[str, Document]:
     """Read a BEIR `corpus.jsonl` (`{"_id", "title", "text"}` per line)."""
     docs: dict[str, Document] = {}
-    for number, line in read_lines(path, "corpus"):
+    for number, line in read_lines(path, "corpus", notes):
         obj = _json_line(path, number, line)
         if "_id" not in obj or not isinstance(obj.get("text"), str):
             raise InputError(path, "expected an object with '_id' and a string 'text'", line=number)
@@ -119,13 +131,13 @@ def read_beir_corpus(path: str | Path) -> dict[str, Document]:
     return docs
 
 
-def read_beir_queries(path: str | Path) -> dict[str, str]:
+def read_beir_queries(path: str | Path, *, notes: list[str] | None = None) -> dict[str, str]:
     """Read a BEIR `queries.jsonl` (`{"_id", "text"}` per line)."""
     queries: dict[str, str] = {}
-    for number, line in read_lines(path, "queries"):
+    for number, line in read_lines(path, "queries", notes):
         obj = _json_line(path, number, line)
         if "_id" not in obj:
-            raise InputError(path, "query has no '_id'", line=number)
+            raise InputError(path, "query has no '_id'; expected {\"_id\": ..., \"text\": ...}", line=number)
         text = obj.get("text")
         if not isinstance(text, str) or not text.strip():
             raise InputError(path, f"query {obj['_id']!r} has empty or missing 'text'", line=number)
