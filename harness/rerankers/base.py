@@ -2,12 +2,16 @@
 
 A reranker receives all the requests of a stage at once and owns sorting, batching and caching.
 Pointwise families only write `pair_input` and `score_pairs`; `PointwiseReranker.rerank` does the
-rest (cache look-up, committing finished batches, counting what was computed).
+rest (cache look-up, loading the model only when something is left to compute, committing finished
+batches, counting what was computed).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +26,25 @@ from harness.weights import ResolvedWeights, Weights, resolve_weights
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int], None]  # called with the number of items just finished
+
+# A file to which every computed batch appends one JSON line {"pid", "model", "n", "keys"}: an
+# honest count of model calls across processes (the kill-and-resume test reads it). Unset: no log.
+CALL_LOG_ENV = "HARNESS_CALL_LOG"
+
+
+def log_calls(model: str, keys: Sequence[str]) -> None:
+    """Record that the model computed these items (cache keys), if $HARNESS_CALL_LOG names a file.
+
+    Called after the model returned a batch and before the batch is committed, so a kill between the
+    two shows up as computed but not cached. One `write` in append mode per batch: lines of several
+    processes do not interleave, and a killed process loses nothing it wrote.
+    """
+    path = os.environ.get(CALL_LOG_ENV)
+    if not path:
+        return
+    line = json.dumps({"pid": os.getpid(), "model": model, "n": len(keys), "keys": list(keys)}) + "\n"
+    with open(path, "a", encoding="utf-8") as log_file:
+        log_file.write(line)
 
 
 class Quantization(BaseModel):
@@ -73,10 +96,12 @@ class RerankStats:
     from_cache: int = 0
     computed: int = 0
     fallbacks: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)  # where the stage's time went: load, model, cache
 
     def as_dict(self) -> dict[str, Any]:
         return {"items": self.items, "from_cache": self.from_cache, "computed": self.computed,
-                "fallbacks": dict(sorted(self.fallbacks.items()))}
+                "fallbacks": dict(sorted(self.fallbacks.items())),
+                "seconds": {k: round(v, 3) for k, v in self.seconds.items()}}
 
 
 class Reranker(Protocol):
@@ -127,6 +152,11 @@ class PointwiseReranker:
     def backend_info(self) -> dict[str, Any]:
         return {}
 
+    def load(self) -> None:
+        """Load the model; called once something is left to compute, so a run that finds every output
+        in the cache loads none. Families that load in `__init__` leave this empty; it must be
+        idempotent."""
+
     # --- shared --------------------------------------------------------------------------
     def fingerprint(self) -> dict[str, Any]:
         # What cannot change an output stays out of the key: names, batch size, device.
@@ -149,7 +179,9 @@ class PointwiseReranker:
                 item = self.pair_input(req.query, doc)
                 flat.append((r, doc, item, Cache.key(fp, item)))
         stats = RerankStats(items=len(flat))
+        clock = time.perf_counter()
         known = cache.get_many({k for *_, k in flat})
+        cache_seconds = time.perf_counter() - clock
         stats.from_cache = sum(1 for *_, k in flat if k in known)
         if progress and stats.from_cache:
             progress(stats.from_cache)
@@ -160,17 +192,30 @@ class PointwiseReranker:
         keys = list(todo)
         multiplicity = Counter(k for *_, k in flat)
         step = max(1, self.config.cache_every)
+        load_seconds = model_seconds = 0.0
+        if keys:
+            clock = time.perf_counter()
+            self.load()
+            load_seconds = time.perf_counter() - clock
+        # The chunks are cut from the same key order on every run; commits are whole chunks, so a
+        # resumed run scores exactly the batches an uninterrupted one would (same padding, same bits).
         for start in range(0, len(keys), step):
             chunk = keys[start : start + step]
+            clock = time.perf_counter()
             judged = self.score_pairs([todo[k] for k in chunk])
+            model_seconds += time.perf_counter() - clock
             self.calls += len(chunk)
+            log_calls(fp, chunk)
             entries = {k: {"score": j.score, "extra": j.extra, "fallback": j.fallback}
                        for k, j in zip(chunk, judged, strict=True)}
+            clock = time.perf_counter()
             cache.put_many(fp, entries)
+            cache_seconds += time.perf_counter() - clock
             known.update(entries)
             if progress:
                 progress(sum(multiplicity[k] for k in chunk))
         stats.computed = len(keys)
+        stats.seconds = {"load": load_seconds, "model": model_seconds, "cache": cache_seconds}
         out: list[list[Judgment]] = [[] for _ in requests]
         for r, doc, _, key in flat:
             value = known[key]
@@ -191,5 +236,6 @@ __all__ = [
     "RerankRequest",
     "RerankStats",
     "Reranker",
+    "log_calls",
     "torch_device_and_dtype",
 ]
