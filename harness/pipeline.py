@@ -77,6 +77,7 @@ class Outcome:
     seconds: float = 0.0
     preflight: list[Any] = field(default_factory=list)
     significance: dict[str, Any] | None = None  # against the first stage and the baselines
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase of the run, in order
 
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -136,21 +137,27 @@ def run_pipeline(
     """Evaluate a pipeline on a task; `baselines` name pipelines whose bundles for the same task,
     first stage and depth exist already: the reranked scores are tested against them."""
     started = time.perf_counter()
+    timings: dict[str, float] = {}
+    lap = _stopwatch(timings)
     spec = load_task(task_name)
     # Validate every model config before any data or compute is spent.
     configs = configs or [load_model_config(s.model, s.weights) for s in pipeline.stages]
     # Absent weights stop the run here, before any data is read; the stages reuse what is resolved.
     weights = [] if dry_run else [resolve_weights(c.weights, c.name) for c in configs]
+    lap("configs and weights")
     data = load_task_data(spec)
+    lap("task data")
     judged = judged_documents(data.qrels)
     stage0 = load_first_stage(spec, first_stage, depth, corpus=lambda: data.corpus,
                               queries=data.queries, judged=judged)
     if stage0.files:
         data.files.update(stage0.files)
+    lap("first stage")
     names = measures or spec.measures
     references = _baselines(baselines or [], results, spec.name, stage0, pipeline.name)
     first_eval = _evaluate(stage0.run, data, names)
-    outcome = Outcome(spec, pipeline, stage0, first_eval, stage0.run, None)
+    lap("first-stage evaluation")
+    outcome = Outcome(spec, pipeline, stage0, first_eval, stage0.run, None, timings=timings)
     if dry_run:
         outcome.preflight = _preflight(pipeline, configs, stage0, data)
         return outcome
@@ -166,6 +173,7 @@ def run_pipeline(
                 current, result = _run_stage(stage, config, resolved, current, queries, documents, cache,
                                              progress, spec.prompt_key)
                 outcome.stages.append(result)
+                lap(f"stage {config.name}")
         outcome.final_run = current
         outcome.final_eval = _evaluate(current, data, names)
         from harness.significance import FIRST_STAGE, significance, unit_values
@@ -173,11 +181,25 @@ def run_pipeline(
         refs = {FIRST_STAGE: unit_values(first_eval), **references}
         tested = list(outcome.final_eval.aggregate)
         outcome.significance = significance(unit_values(outcome.final_eval), refs, tested)
+        lap("evaluation")
     outcome.seconds = time.perf_counter() - started
     from harness.bundle import write_bundle
 
     outcome.bundle = write_bundle(outcome, data, results)
+    lap("bundle")  # after the bundle is written: in the Outcome, not in execution.json
     return outcome
+
+
+def _stopwatch(timings: dict[str, float]) -> Callable[[str], None]:
+    """`lap(name)` records the seconds since the previous lap under `name`."""
+    last = [time.perf_counter()]
+
+    def lap(name: str) -> None:
+        now = time.perf_counter()
+        timings[name] = timings.get(name, 0.0) + now - last[0]
+        last[0] = now
+
+    return lap
 
 
 def _baselines(names: list[str], results: Path, task: str, stage0: FirstStage,
