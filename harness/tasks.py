@@ -85,9 +85,13 @@ def read_yaml(path: str | Path, what: str = "config") -> Any:
         mark = exc.problem_mark
         raise InputError(path, f"YAML tag not allowed ({exc.problem}); expected plain data: mappings, lists, "
                          "strings and numbers", line=mark.line + 1 if mark else None) from exc
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"column {mark.column + 1}" if mark else ""
+        what = "; ".join(x for x in (exc.problem, exc.context, where) if x)
+        raise InputError(path, f"not valid YAML: {what}", line=mark.line + 1 if mark else None) from exc
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise InputError(path, f"not valid YAML: {exc}", line=mark.line + 1 if mark else None) from exc
+        raise InputError(path, f"not valid YAML: {exc}") from exc
 
 
 def validation_error(path: Path | str, exc: ValidationError) -> InputError:
@@ -97,7 +101,11 @@ def validation_error(path: Path | str, exc: ValidationError) -> InputError:
     msg = first["msg"]
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
-    elif "input" in first and first["type"] not in ("missing",):
+    elif first["type"] == "missing":
+        msg = "missing; this key is required"
+    elif first["type"] == "value_error":
+        msg = msg.removeprefix("Value error, ")
+    elif "input" in first:
         msg += f" (found {first['input']!r})"
     more = len(exc.errors()) - 1
     if more:

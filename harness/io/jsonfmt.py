@@ -78,7 +78,8 @@ def read_rankgpt(path: str | Path, *, notes: list[str] | None = None) -> Candida
             qid, docid = str(hit["qid"]), str(hit["docid"])
             docs = run.setdefault(qid, [])
             if any(d.doc_id == docid for d in docs):
-                raise InputError(path, f"document {docid!r} appears twice for query {qid!r}", key=hkey)
+                raise InputError(path, f"document {docid!r} appears twice for query {qid!r}; expected each document "
+                                 "once per query", key=hkey)
             docs.append(ScoredDoc(qid, docid, float(score)))
             queries[qid] = entry["query"]
             documents[docid] = Document(docid, hit["content"], str(hit.get("title", "") or ""))
@@ -140,7 +141,8 @@ def read_beir_queries(path: str | Path, *, notes: list[str] | None = None) -> di
             raise InputError(path, "query has no '_id'; expected {\"_id\": ..., \"text\": ...}", line=number)
         text = obj.get("text")
         if not isinstance(text, str) or not text.strip():
-            raise InputError(path, f"query {obj['_id']!r} has empty or missing 'text'", line=number)
+            raise InputError(path, f"query {obj['_id']!r} has empty or missing 'text'; expected the query's text",
+                             line=number)
         queries[str(obj["_id"])] = text
     return queries
 
