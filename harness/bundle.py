@@ -54,6 +54,9 @@ def write_bundle(outcome: Outcome, data: TaskData, results: Path) -> Path:
     stage0 = outcome.first_stage
     out = bundle_dir(results, outcome.task.name, stage0.name, stage0.depth, outcome.pipeline.name)
     out.mkdir(parents=True, exist_ok=True)
+    # Rewriting a finished bundle: take its marker away first, so that a kill half way leaves a
+    # bundle that reads as unfinished, never old metrics beside half-written new files.
+    (out / "metrics.json").unlink(missing_ok=True)
     fs_eval, rr_eval = outcome.first_eval, outcome.final_eval
     fallbacks: dict[str, int] = {}
     for st in outcome.stages:
