@@ -94,6 +94,23 @@ def test_large_bad_run_gives_the_reference_message(tmp_path: Path) -> None:
     assert err.value.line == 30_001 and "score 'high' is not a number" in str(err.value)
 
 
+@pytest.mark.parametrize(("bad", "message"), [("1.0 0.25", "rank '1.0' is not an integer"),
+                                              ("999 TRUE", "score 'TRUE' is not a number")])
+def test_a_bad_value_deep_in_a_large_run_is_found(tmp_path: Path, bad: str, message: str) -> None:
+    """pandas reads large files in chunks and types each chunk's columns on its own: a value that
+    only a late chunk holds must still send the file to the line-by-line reader."""
+    lines = [f"q{i // 1000} Q0 d{i} {i % 1000 + 1} {1000 - i % 1000}.5 t\n" for i in range(100_000)]
+    lines[-2] = f"q99 Q0 dz {bad} t\n"
+    path = tmp_path / "big.trec"
+    path.write_text("".join(lines), encoding="utf-8")
+    with pytest.raises(InputError) as err:
+        read_run(path)
+    assert err.value.line == 99_999 and message in str(err.value)
+    lines[-2] = "q99 Q0 dz 999 7 t\n"  # an integer score among decimals is valid, in any chunk
+    path.write_text("".join(lines), encoding="utf-8")
+    assert ScoredDoc("q99", "dz", 7.0) in read_run(path)["q99"]
+
+
 MEASURES = ["nDCG@10", "AP(rel=2)", "R(rel=2)@100", "RR(rel=2)@10", "nDCG", "AP", "RR", "P@5", "P(rel=2)@10",
             "R@50", "AP@100", "Success@5", "Judged@10", "nDCG(judged_only=True)@10", "Bpref", "infAP"]
 

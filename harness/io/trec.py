@@ -13,6 +13,7 @@ import csv
 import io
 import math
 import re
+import warnings
 from itertools import repeat
 from pathlib import Path
 from typing import Any
@@ -112,9 +113,12 @@ def _read_frame(raw: bytes) -> Any:
     if tuple(int(x) for x in re.findall(r"\d+", pd.__version__)[:2]) < (3, 1):
         options["float_precision"] = "round_trip"  # Python's own parser; from pandas 3.1 all are exact
     try:
-        frame = pd.read_csv(io.BytesIO(raw), sep=r"\s+", header=None, dtype=dict.fromkeys((0, 1, 2, 5), object),
-                            na_filter=False, quoting=csv.QUOTE_NONE, engine="c", low_memory=False,
-                            encoding="utf-8", **options)
+        # In chunks (low_memory, the default: a third faster), each chunk's number columns typed on
+        # their own: a chunk with "1.0" for a rank makes the column float64, which is declined below.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", pd.errors.DtypeWarning)
+            frame = pd.read_csv(io.BytesIO(raw), sep=r"\s+", header=None, dtype=dict.fromkeys((0, 1, 2, 5), object),
+                                na_filter=False, quoting=csv.QUOTE_NONE, engine="c", encoding="utf-8", **options)
     except (ValueError, IndexError, KeyError):  # pandas' ParserError is a ValueError; so is a bad dtype
         return None
     if frame.shape[1] != 6 or frame[3].dtype != np.int64 or frame[4].dtype not in (np.int64, np.float64):
