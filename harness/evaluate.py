@@ -6,10 +6,10 @@ listed, never dropped. NevIR's paired accuracy is computed from the run and the 
 
 from __future__ import annotations
 
-import heapq
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from itertools import compress
 from operator import itemgetter
 
 import ir_measures
@@ -97,13 +97,16 @@ def _top_depth(measure: ir_measures.Measure) -> int | None:
 
 
 def _top_of(scored: dict[str, dict[str, float]], depth: int) -> dict[str, dict[str, float]]:
+    import numpy as np
+
     out = {}
     for qid, docs in scored.items():
-        if len(docs) <= depth:
+        scores = np.fromiter(docs.values(), dtype=np.float64, count=len(docs))
+        if len(docs) <= depth or np.isnan(scores).any():
             out[qid] = docs
-        else:
-            kth = heapq.nlargest(depth, docs.values())[-1]
-            out[qid] = {d: s for d, s in docs.items() if s >= kth}
+            continue
+        kth = np.partition(scores, len(docs) - depth)[len(docs) - depth]  # the depth-th best score
+        out[qid] = {d: docs[d] for d in compress(docs, (scores >= kth).tolist())}
     return out
 
 
