@@ -273,9 +273,11 @@ def _run_stage(stage: StageSpec, config: ModelConfig, weights: ResolvedWeights, 
     if cuda is not None:
         cuda.reset_peak_memory_stats()
     reranker = build_reranker(config, weights)
+    built = time.perf_counter() - started
     tick = progress(f"{config.name}", total) if progress else None
     judged, stats = reranker.rerank(requests, cache, tick)
     seconds = time.perf_counter() - started
+    stats.seconds = {"build": built, **stats.seconds}  # build: constructing the reranker (eager loads)
     cuda = _cuda()  # torch may have been imported by the stage itself: its peak counts from there
     peak_gpu = cuda.max_memory_allocated() / 2**20 if cuda is not None else None
     new_run: Run = dict(current)
