@@ -37,21 +37,25 @@ def resolve_base(weights: ResolvedWeights, base: Weights | None, config_name: st
 _QUANTO = {"int8": "int8", "int4": "int4", "float8": "float8"}
 
 
-def quantization_kwargs(quantization: Any, device: Any) -> dict[str, Any]:
-    """`from_pretrained` arguments that quantize while loading, or none.
+def load_kwargs(quantization: Any, device: Any) -> dict[str, Any]:
+    """`from_pretrained` arguments that load straight onto a GPU, and quantize while loading.
 
-    The libraries are the real ones (optimum-quanto, bitsandbytes), through transformers'
-    integration: the quantized matrices are what the model computes with.
+    On CUDA the weights go to the GPU as they are read (`device_map`), not through a full copy in
+    host memory. Quantization uses the real libraries (optimum-quanto, bitsandbytes) through
+    transformers' integration: the quantized matrices are what the model computes with.
     """
+    on_gpu = str(device).startswith("cuda")
+    placement = {"device_map": str(device)} if on_gpu else {}
     if quantization is None or isinstance(quantization, str):
-        return {}  # unquantized, or quantized in the checkpoint: its config.json says how
+        return placement  # unquantized, or quantized in the checkpoint: its config.json says how
     transformers = require("transformers", "models", "quantized loading")
     if quantization.method == "quanto":
         if quantization.weights not in _QUANTO:
             raise ConfigError(f"quanto quantizes weights to {sorted(_QUANTO)}, not {quantization.weights!r}")
         require("optimum.quanto", "quantization", "quantizing with quanto")
-        return {"quantization_config": transformers.QuantoConfig(weights=_QUANTO[quantization.weights])}  # type: ignore[attr-defined]
-    if str(device) == "cpu":
+        config = transformers.QuantoConfig(weights=_QUANTO[quantization.weights])  # type: ignore[attr-defined]
+        return {"quantization_config": config, **placement}
+    if not on_gpu:
         raise ConfigError("bitsandbytes quantization needs CUDA; on a CPU use `method: quanto`")
     require("bitsandbytes", "quantization", "quantizing with bitsandbytes")
     if quantization.weights == "int8":
@@ -61,7 +65,7 @@ def quantization_kwargs(quantization: Any, device: Any) -> dict[str, Any]:
         bnb = transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type)  # type: ignore[attr-defined]
     else:
         raise ConfigError(f"bitsandbytes has no {quantization.weights!r} weights; use int8, int4 or nf4")
-    return {"quantization_config": bnb, "device_map": {"": str(device)}}
+    return {"quantization_config": bnb, **placement}
 
 
 def place(model: Any, device: Any) -> Any:

@@ -43,7 +43,7 @@ from harness.cache import Cache, stable_hash
 from harness.errors import ConfigError, require
 from harness.records import Document, Judgment
 from harness.rerankers.base import ModelConfig, Progress, RerankRequest, RerankStats, torch_device_and_dtype
-from harness.rerankers.hf import adapter_base, load_model, place, quantization_kwargs, resolve_base
+from harness.rerankers.hf import adapter_base, load_kwargs, load_model, place, resolve_base
 from harness.weights import ResolvedWeights, Weights, resolve_weights
 
 log = logging.getLogger(__name__)
@@ -312,7 +312,7 @@ class ListwiseReranker:
         device, dtype = torch_device_and_dtype(self.config)
         model = load_model(transformers.AutoModelForCausalLM, self.weights, self.base,  # type: ignore[attr-defined]
                            merge=True, trust_remote_code=self.config.trust_remote_code, dtype=dtype,
-                           **quantization_kwargs(self.config.quantization, device))
+                           **load_kwargs(self.config.quantization, device))
         if model.config.pad_token_id is None:
             model.config.pad_token_id = self.tokenizer.pad_token_id
         place(model, device)

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from harness.errors import ConfigError, require
 from harness.records import Document, Judgment
 from harness.rerankers.base import ModelConfig, PointwiseReranker, torch_device_and_dtype
-from harness.rerankers.hf import place, quantization_kwargs
+from harness.rerankers.hf import load_kwargs, place
 
 
 class MonoT5Config(ModelConfig):
@@ -35,7 +35,7 @@ class MonoT5(PointwiseReranker):
         local = self.weights.local_dir
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(local)  # type: ignore[attr-defined]
         self.model = transformers.AutoModelForSeq2SeqLM.from_pretrained(  # type: ignore[attr-defined]
-            local, dtype=dtype, **quantization_kwargs(config.quantization, device))
+            local, dtype=dtype, **load_kwargs(config.quantization, device))
         place(self.model, device)
         self.device = device
         ids = self.tokenizer.convert_tokens_to_ids([config.true_token, config.false_token])

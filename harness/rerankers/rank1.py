@@ -393,7 +393,7 @@ class HfEngine:
     def __init__(self, config: Rank1Config, owner: Rank1) -> None:
         transformers = require("transformers", "models", "the rank1 family")
         from harness.rerankers.base import torch_device_and_dtype
-        from harness.rerankers.hf import place, quantization_kwargs
+        from harness.rerankers.hf import load_kwargs, place
 
         self.config, self.tokenizer = config, owner.tokenizer
         self.tokenizer.padding_side = "left"
@@ -402,7 +402,7 @@ class HfEngine:
         device, dtype = torch_device_and_dtype(config)
         model = transformers.AutoModelForCausalLM.from_pretrained(  # type: ignore[attr-defined]
             owner.weights.local_dir, dtype=dtype, trust_remote_code=config.trust_remote_code,
-            **quantization_kwargs(config.quantization, device))
+            **load_kwargs(config.quantization, device))
         self.eos_ids = model_eos_ids(owner.weights.local_dir, self.tokenizer, config.trust_remote_code)
         # The checkpoint's sampling defaults (repetition penalty, top-k, ...) must not leak in: vLLM
         # ignores them too when it is given explicit sampling parameters.

@@ -20,7 +20,7 @@ from typing import Any, Literal
 from harness.errors import require
 from harness.records import Document, Judgment
 from harness.rerankers.base import ModelConfig, PointwiseReranker, torch_device_and_dtype
-from harness.rerankers.hf import load_model, place, quantization_kwargs, resolve_base
+from harness.rerankers.hf import load_kwargs, load_model, place, resolve_base
 from harness.weights import Weights
 
 
@@ -60,7 +60,7 @@ class SequenceClassifier(PointwiseReranker):
         self.model = load_model(transformers.AutoModelForSequenceClassification,  # type: ignore[attr-defined]
                                 self.weights, self.base, merge=config.merge_lora,
                                 trust_remote_code=config.trust_remote_code, dtype=dtype,
-                                **quantization_kwargs(config.quantization, device))
+                                **load_kwargs(config.quantization, device))
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
         place(self.model, device)
