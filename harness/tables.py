@@ -337,6 +337,10 @@ def _num(x: float | None, digits: int) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
+def _signed(x: float, digits: int) -> str:
+    return f"{round(x, digits) + 0.0:+.{digits}f}"  # + 0.0: no "-0.00"
+
+
 def _cell_text(cell: Cell, digits: int, footnote: int | None) -> str:
     pub = _num(cell.published, digits)
     if cell.status == "not run":
@@ -344,7 +348,7 @@ def _cell_text(cell: Cell, digits: int, footnote: int | None) -> str:
     rep = _num(cell.reproduced, digits)
     if cell.status == "no reference":
         return f"- / {rep}"
-    return f"{pub} / {rep} ({cell.delta:+.{digits}f}) {cell.status}"
+    return f"{pub} / {rep} ({_signed(cell.delta, digits)}) {cell.status}"
 
 
 def _footnotes(built: BuiltTable) -> tuple[dict[int, int], list[str]]:
@@ -395,7 +399,7 @@ def to_markdown(built: BuiltTable) -> str:
             cell.row.label, cell.column.label, pipeline.name if pipeline else "-", cond.get("task", "-"),
             cond.get("first_stage") or "(task default)", str(cond.get("depth", "-")), cond.get("measure", "-"),
             tol_text, _num(cell.published, spec.digits), _num(cell.reproduced, spec.digits),
-            "-" if cell.delta is None else f"{cell.delta:+.{spec.digits}f}", cell.status,
+            "-" if cell.delta is None else _signed(cell.delta, spec.digits), cell.status,
             f"`{cell.bundle}`" if cell.bundle else cell.reason]) + " |")
     return "\n".join(lines) + "\n"
 
