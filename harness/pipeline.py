@@ -80,13 +80,22 @@ class Outcome:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase of the run, in order
 
 
-_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_SAFE = re.compile(r"[^A-Za-z0-9._@-]+")
 
 
 def safe_name(name: str) -> str:
-    """A name usable as one path component: no separators, no `..`, never empty."""
-    cleaned = _SAFE.sub("_", name.replace("/", "__")).strip("._") or "_"
-    return cleaned[:120]
+    """A name usable as one path component: no separators, no `..`, never empty.
+
+    `/` becomes `__` (task names such as beir/scifact); when anything else had to change, a short
+    hash of the raw name keeps two different names from sharing a folder ("a b" vs "a_b").
+    """
+    plain = name.replace("/", "__")
+    cleaned = _SAFE.sub("_", plain).strip("._") or "_"
+    if cleaned != plain or len(cleaned) > 120:
+        import hashlib
+
+        return f"{cleaned[:111]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+    return cleaned
 
 
 def bundle_dir(results: Path, task: str, first_stage: str, depth: int, pipeline: str) -> Path:
@@ -262,7 +271,10 @@ def _run_stage(stage: StageSpec, config: ModelConfig, weights: ResolvedWeights, 
                 cands.append(doc)
         requests.append(RerankRequest(qid, queries[qid], cands, prompt_key))
     if missing_text:
-        raise HarnessError(f"{len(missing_text)} queries of the run have no text: {missing_text[:5]}")
+        # Not in the task's topics: no qrels judge them either, so they cannot change a measure. They
+        # keep their first-stage order and are counted, never silently reranked or dropped.
+        log.warning("%d queries of the run have no text in the task's topics; kept in first-stage order: %s",
+                    len(missing_text), missing_text[:5])
     if missing_docs:
         raise HarnessError(f"{len(missing_docs)} documents of the run have no text in the corpus: "
                            f"{sorted(missing_docs)[:5]}")
@@ -278,6 +290,8 @@ def _run_stage(stage: StageSpec, config: ModelConfig, weights: ResolvedWeights, 
     judged, stats = reranker.rerank(requests, cache, tick)
     seconds = time.perf_counter() - started
     stats.seconds = {"build": built, **stats.seconds}  # build: constructing the reranker (eager loads)
+    if missing_text:
+        stats.fallbacks["query-without-text"] = len(missing_text)
     cuda = _cuda()  # torch may have been imported by the stage itself: its peak counts from there
     peak_gpu = cuda.max_memory_allocated() / 2**20 if cuda is not None else None
     new_run: Run = dict(current)

@@ -348,7 +348,8 @@ def _cell_text(cell: Cell, digits: int, footnote: int | None) -> str:
     rep = _num(cell.reproduced, digits)
     if cell.status == "no reference":
         return f"- / {rep}"
-    return f"{pub} / {rep} ({_signed(cell.delta, digits)}) {cell.status}"
+    delta = "-" if cell.delta is None else _signed(cell.delta, digits)
+    return f"{pub} / {rep} ({delta}) {cell.status}"
 
 
 def _footnotes(built: BuiltTable) -> tuple[dict[int, int], list[str]]:

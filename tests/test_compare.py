@@ -26,7 +26,7 @@ def cli(*argv: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
 
 def test_bm25_vs_repllama_is_a_large_significant_difference(results: Path) -> None:
     out = cli("compare", "none@bm25", "none@repllama", "--task", "trec-dl-2019", "--results", str(results))
-    folder = results / "compare" / "none_repllama__vs__none_bm25"
+    folder = results / "compare" / "none@repllama__vs__none@bm25"
     assert "significant" in out.stdout and str(folder / "report.md") in out.stdout.replace("\n", "")
     data = json.loads((folder / "compare.json").read_text())
     (task,) = data["tasks"]

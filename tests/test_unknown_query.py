@@ -1,0 +1,26 @@
+"""A run with a query the task has no text for: reranked around, kept in order, and counted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.pipeline import PipelineSpec, StageSpec, run_pipeline
+from harness.registry import parse_model_config
+
+
+def test_query_without_text_is_kept_and_counted(tmp_path: Path, tiny_cross_encoder: Path, results: Path) -> None:
+    lines = [f"0 Q0 0-{i} {i + 1} {20 - i} bm25" for i in range(5)]
+    lines += [f"1 Q0 1-{i} {i + 1} {20 - i} bm25" for i in range(5)]
+    lines += ["zzz Q0 0-7 1 3.0 bm25", "zzz Q0 0-8 2 2.0 bm25"]
+    run_file = tmp_path / "run.trec"
+    run_file.write_text("\n".join(lines) + "\n")
+    config = parse_model_config({"name": "tiny", "type": "cross-encoder",
+                                 "weights": {"path": str(tiny_cross_encoder)}}, "test")
+    outcome = run_pipeline(PipelineSpec(name="tiny", stages=[StageSpec(model="tiny")]), "novel-eval-2306",
+                           first_stage=str(run_file), depth=5, results=results, configs=[config])
+    (stage,) = outcome.stages
+    assert stage.stats.fallbacks["query-without-text"] == 1
+    assert stage.stats.items == 10  # the two known queries' five passages each
+    assert [d.doc_id for d in outcome.final_run["zzz"]] == ["0-7", "0-8"]  # untouched
+    assert outcome.bundle is not None
+    assert '"tiny:query-without-text": 1' in (outcome.bundle / "metrics.json").read_text()
