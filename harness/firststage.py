@@ -35,19 +35,19 @@ def cut(run: Run, depth: int) -> Run:
     return {qid: sort_trec(docs)[:depth] for qid, docs in run.items()}
 
 
-def read_any_run(path: str | Path, fmt: str | None = None, *, mteb_subset: str = "default",
-                 mteb_split: str = "test") -> tuple[Run, Mapping[str, Document] | None, Mapping[str, str] | None]:
+def read_any_run(path: str | Path, fmt: str | None = None, *, mteb_subset: str = "default", mteb_split: str = "test",
+                 notes: list[str] | None = None) -> tuple[Run, Mapping[str, Document] | None, Mapping[str, str] | None]:
     """Read a run in any supported format; `fmt` None guesses from the content."""
     path = Path(path)
     if fmt is None:
         fmt = _guess_format(path)
     if fmt == "trec":
-        return read_run(path), None, None
+        return read_run(path, notes=notes), None, None
     if fmt == "rankgpt-json":
-        cands = read_rankgpt(path)
+        cands = read_rankgpt(path, notes=notes)
         return cands.run, cands.documents, cands.queries
     if fmt == "mteb-json":
-        return read_mteb(path, mteb_subset, mteb_split), None, None
+        return read_mteb(path, mteb_subset, mteb_split, notes=notes), None, None
     raise InputError(path, f"unknown run format {fmt!r}; expected trec, rankgpt-json or mteb-json")
 
 
@@ -96,9 +96,10 @@ def load_first_stage(
                 f"first stage {choice!r} is neither a first stage of {task.name} "
                 f"({', '.join(task.first_stages)}) nor an existing run file"
             )
-        run, docs, qtexts = read_any_run(path)
+        file_notes: list[str] = []  # a byte-order mark, CRLF line ends: accepted, and said in the bundle
+        run, docs, qtexts = read_any_run(path, notes=file_notes)
         return FirstStage(path.name, f"run file {path}", cut(run, depth), depth,
-                          {str(path): checksum(path)}, docs, qtexts)
+                          {str(path): checksum(path)}, docs, qtexts, notes=file_notes)
     names = [choice] if choice else task.default_first_stage
     notes: list[str] = []
     for i, name in enumerate(names):

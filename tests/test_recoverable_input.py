@@ -1,4 +1,4 @@
-"""A run with a query the task has no text for: reranked around, kept in order, and counted."""
+"""Recoverable input: a query without text, a byte-order mark, CRLF: accepted, kept, and said."""
 
 from __future__ import annotations
 
@@ -24,3 +24,15 @@ def test_query_without_text_is_kept_and_counted(tmp_path: Path, tiny_cross_encod
     assert [d.doc_id for d in outcome.final_run["zzz"]] == ["0-7", "0-8"]  # untouched
     assert outcome.bundle is not None
     assert '"tiny:query-without-text": 1' in (outcome.bundle / "metrics.json").read_text()
+
+
+def test_byte_order_mark_and_crlf_are_said_in_the_bundle(results: Path) -> None:
+    import json
+
+    root = Path(__file__).parent / "bad_inputs"
+    for name, said in (("run_crlf.trec", "CRLF line ends"), ("run_bom.trec", "byte-order mark")):
+        outcome = run_pipeline(PipelineSpec(name="none"), "novel-eval-2306", first_stage=str(root / name),
+                               results=results)
+        assert outcome.bundle is not None
+        notes = json.loads((outcome.bundle / "metrics.json").read_text())["provenance"]["first_stage"]["notes"]
+        assert any(said in n for n in notes), notes
