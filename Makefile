@@ -42,5 +42,11 @@ lint: $(VENV)/.installed
 tables: $(VENV)/.installed
 	$(PY) -m harness tables $(TABLES) $(ARGS)
 
+# The speed figures of the README, each against a baseline run in the same job (bench/*.py say how).
+bench: $(VENV)/.installed
+	$(PY) bench/eval_million.py
+	$(PY) bench/make_eval.py
+	$(PY) bench/vllm_overhead.py
+
 clean:
 	rm -rf results/*/ results/cache.sqlite*
