@@ -12,7 +12,7 @@ import hashlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,27 @@ CREATE TABLE IF NOT EXISTS outputs (
 """
 
 
+BUSY_SECONDS = 60.0  # how long a process waits for another's transaction before it gives up
+
+
+def _when_free(statement: Callable[[], object]) -> None:
+    """Run a statement, retrying while another process holds the lock.
+
+    SQLite does not call the busy handler for every lock: several processes opening a new file at
+    once can get "database is locked" at once from the switch to WAL mode. They wait and retry here.
+    """
+    deadline, pause = time.monotonic() + BUSY_SECONDS, 0.001
+    while True:
+        try:
+            statement()
+            return
+        except sqlite3.OperationalError as exc:
+            if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(2 * pause, 0.05)
+
+
 def stable_hash(obj: Any) -> str:
     """sha256 of the canonical JSON of `obj`."""
     blob = json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
@@ -36,11 +57,11 @@ class Cache:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA busy_timeout=60000")
+        self._db = sqlite3.connect(self.path, timeout=BUSY_SECONDS, isolation_level=None)
+        self._db.execute(f"PRAGMA busy_timeout={int(BUSY_SECONDS * 1000)}")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
+        _when_free(lambda: self._db.execute("PRAGMA journal_mode=WAL"))
+        _when_free(lambda: self._db.executescript(SCHEMA))
 
     @staticmethod
     def key(model_fingerprint: str, item: Any) -> str:
