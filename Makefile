@@ -35,7 +35,7 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -q $(ARGS)
 
 lint: $(VENV)/.installed
-	$(PY) -m ruff check harness tests
+	$(PY) -m ruff check harness tests bench
 	$(PY) -m mypy
 
 # The published tables (configs/tables): evaluates what this machine can, marks the rest "not run".

@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from harness.cache import Cache
 from harness.evaluate import paired_accuracy
 from harness.pipeline import PipelineSpec, StageSpec, bundle_dir, merge_stage, run_pipeline, safe_name
 from harness.records import Judgment, ScoredDoc
@@ -141,38 +137,6 @@ def test_safe_names_cannot_escape(tmp_path: Path) -> None:
     assert "/" not in safe_name("../../etc/passwd")
     path = bundle_dir(tmp_path, "../../x", "..", 10, "../evil")
     assert tmp_path.resolve() in path.parents
-
-
-def test_killed_run_resumes_without_recomputing(tmp_path: Path, tiny_cross_encoder: Path) -> None:
-    """SIGKILL half way, start again: the finished items come from the cache."""
-    config = tiny_ce_config(tmp_path, tiny_cross_encoder, cache_every=40, batch_size=8)
-    results = tmp_path / "results"
-    cmd = [sys.executable, "-m", "harness", "eval", "--model", str(config), "--task", "trec-dl-2019",
-           "--depth", "100", "--results", str(results), "--no-progress"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    db = results / "cache.sqlite"
-    deadline = time.time() + 300
-    done_before = 0
-    while time.time() < deadline and proc.poll() is None:
-        if db.exists():
-            with Cache(db) as cache:
-                done_before = cache.count()
-            if done_before >= 400:
-                break
-        time.sleep(0.2)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    with Cache(db) as cache:
-        done_before = cache.count()
-    assert 400 <= done_before < 4300
-    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stdout + out.stderr
-    execution = json.loads(next(results.rglob("execution.json")).read_text())
-    stage = execution["stages"][0]
-    assert stage["from_cache"] == done_before
-    assert stage["computed"] == 4300 - done_before
 
 
 @pytest.mark.parametrize("argv", [["eval", "--model", "none", "--task", "trec-dl-2020"]])

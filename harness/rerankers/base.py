@@ -159,9 +159,9 @@ class PointwiseReranker:
 
     # --- shared --------------------------------------------------------------------------
     def fingerprint(self) -> dict[str, Any]:
-        # What cannot change an output stays out of the key: names, batch size, device.
+        # What cannot change an output stays out of the key: names, batch size, device, hardware hints.
         decided_by = self.config.model_dump(
-            exclude={"name", "description", "batch_size", "cache_every", "weights", "device"})
+            exclude={"name", "description", "batch_size", "cache_every", "weights", "device", "gpu_memory_gb"})
         return {
             "weights": self.weights.source,
             "revision": self.weights.revision,

@@ -283,7 +283,7 @@ class ListwiseReranker:
         """What decides the output of one window given its exact prompt (the cache key's model part).
         Window, step and passage length are visible in the prompt itself, so they stay out."""
         decided_by = self.config.model_dump(exclude={
-            "name", "description", "batch_size", "cache_every", "weights", "base", "device",
+            "name", "description", "batch_size", "cache_every", "weights", "base", "device", "gpu_memory_gb",
             "window", "step", "max_passage_words"})
         return {
             "weights": self.weights.source,
