@@ -44,7 +44,8 @@ class SideCost:
 
     @property
     def per_100(self) -> float | None:
-        return 100 * self.seconds / self.computed if self.computed else None
+        """Seconds per 100 documents, when every document was computed (a cached share would hide cost)."""
+        return 100 * self.seconds / self.computed if self.computed and self.computed == self.items else None
 
 
 @dataclass
@@ -84,6 +85,8 @@ class Comparison:
     tasks: list[TaskComparison]
     pooled: stats.Paired | None
     bundles: dict[str, tuple[str, str]]
+    resamples: int = stats.RESAMPLES
+    seed: int = stats.SEED
 
     def equivalent(self) -> bool:
         return all(t.test.p_tost is not None and t.test.p_tost < self.alpha for t in self.tasks)
@@ -162,7 +165,7 @@ def compare(a: dict[str, Bundle], b: dict[str, Bundle], *, labels: tuple[str, st
         pooled = stats.paired([x for r in rows for x in r.a], [x for r in rows for x in r.b], margin=margin,
                               resamples=resamples, seed=seed)
     return Comparison(labels[0], labels[1], margin, alpha, rows, pooled,
-                      {t: (str(a[t].path), str(b[t].path)) for t in tasks})
+                      {t: (str(a[t].path), str(b[t].path)) for t in tasks}, resamples, seed)
 
 
 def _rankings(row: TaskComparison, ba: Bundle, bb: Bundle) -> None:
@@ -244,8 +247,8 @@ def _p(x: float | None) -> str:
 def markdown(c: Comparison, plots: Iterable[str] = ()) -> str:
     lines = [f"# {c.b} vs {c.a}", "",
              f"A = `{c.a}`, B = `{c.b}`; delta = B - A per judged unit (query; pair for PairedAccuracy). "
-             f"Paired t-test and paired randomization test ({stats.RESAMPLES:,} sign flips, seed {stats.SEED}; "
-             f"exact below 14 units), two-sided, Holm-corrected across the {len(c.tasks)} task(s); "
+             f"Paired t-test and paired randomization test ({c.resamples:,} sign flips, seed {c.seed}; "
+             f"exact when 2^n <= {c.resamples:,}), two-sided, Holm-corrected across the {len(c.tasks)} task(s); "
              f"equivalence: TOST within ±{c.margin:g}; alpha {c.alpha:g}.", "",
              "| task | measure | n | A | B | delta (95% CI) | p t-test (Holm) | p randomization (Holm) "
              "| TOST p | equivalent | Kendall tau | decision flips | generated tokens A → B |",
@@ -279,7 +282,8 @@ def markdown(c: Comparison, plots: Iterable[str] = ()) -> str:
             if cost is None:
                 lines.append(f"| {label} | {r.task} | - | - | no model stage | - | - |")
                 continue
-            per = _f(cost.per_100, 2) if cost.computed else "all from cache: time a fresh cache"
+            per = (_f(cost.per_100, 2) if cost.per_100 is not None
+                   else "partly or all from the cache: time it with a fresh cache")
             lines.append(f"| {label} | {r.task} | {cost.items} | {cost.computed} | {per} | {_f(cost.peak_rss_mb, 0)} "
                          f"| {_f(cost.peak_gpu_mb, 0)} |")
     plots = list(plots)

@@ -284,6 +284,7 @@ def _run_stage(stage: StageSpec, config: ModelConfig, weights: ResolvedWeights, 
     cuda = _cuda()
     if cuda is not None:
         cuda.reset_peak_memory_stats()
+    rss_reset = _reset_peak_rss()
     reranker = build_reranker(config, weights)
     built = time.perf_counter() - started
     tick = progress(f"{config.name}", total) if progress else None
@@ -294,6 +295,9 @@ def _run_stage(stage: StageSpec, config: ModelConfig, weights: ResolvedWeights, 
         stats.fallbacks["query-without-text"] = len(missing_text)
     cuda = _cuda()  # torch may have been imported by the stage itself: its peak counts from there
     peak_gpu = cuda.max_memory_allocated() / 2**20 if cuda is not None else None
+    if getattr(config, "backend", None) == "vllm":
+        peak_gpu = None  # vLLM's engine allocates outside this process's torch: not measured here
+    peak_rss = _peak_rss_mb() if rss_reset or _first_stage_of_process() else None
     new_run: Run = dict(current)
     flat: list[Judgment] = []
     for req, js in zip(requests, judged, strict=True):
@@ -302,7 +306,7 @@ def _run_stage(stage: StageSpec, config: ModelConfig, weights: ResolvedWeights, 
     depth = stage.depth or max((len(r.candidates) for r in requests), default=0)
     fingerprint = reranker.fingerprint()
     fingerprint["hash"] = stable_hash(fingerprint)
-    return new_run, StageResult(config, fingerprint, depth, stats, flat, seconds, _peak_rss_mb(), peak_gpu)
+    return new_run, StageResult(config, fingerprint, depth, stats, flat, seconds, peak_rss, peak_gpu)
 
 
 def _cuda() -> Any:
@@ -315,7 +319,33 @@ def _cuda() -> Any:
     return torch.cuda
 
 
+_STAGES_RUN = [0]
+
+
+def _first_stage_of_process() -> bool:
+    """Without a peak reset, the process's high-water mark is this stage's only for its first stage."""
+    _STAGES_RUN[0] += 1
+    return _STAGES_RUN[0] == 1
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the process's peak resident memory (Linux: `5` to /proc/self/clear_refs), so a stage's
+    peak is its own even when an earlier stage or model ran in the same process."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
 def _peak_rss_mb() -> float | None:
+    """The peak resident memory since the last reset (VmHWM), or since the process started."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     try:
         import resource
     except ImportError:  # not on Windows

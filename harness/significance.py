@@ -44,10 +44,13 @@ def significance(system: Values, references: Mapping[str, Values], measures: lis
             rows.append((ref, m, test))
     adjusted = stats.holm([t.p_t for _, _, t in rows])
     against: dict[str, dict[str, Any]] = {}
+    letters = iter("abcdefghijklmnopqrstuvwxyz")
+    symbol = {ref: "" if ref == FIRST_STAGE else next(letters) for ref in references}
     for (ref, m, t), p_holm in zip(rows, adjusted, strict=True):
         against.setdefault(ref, {})[m] = {
             "n": t.n, "delta": t.delta, "p": t.p_t, "p_holm": p_holm, "p_randomization": t.p_randomization,
             "significant": bool(p_holm < alpha), "direction": "better" if t.delta > 0 else "worse",
+            "mark": symbol[ref],
         }
     return {"test": "paired t-test, two-sided, Holm-corrected over every test of this bundle",
             "alpha": alpha, "tests": len(rows), "against": against}
@@ -58,26 +61,24 @@ def marks(block: Mapping[str, Any] | None, measure: str) -> str:
     if not block:
         return ""
     out = []
-    for i, (ref, tests) in enumerate(block["against"].items()):
+    for tests in sorted(block["against"].values(), key=_mark_of):
         t = tests.get(measure)
         if not t or not t["significant"]:
             continue
-        arrow = "▲" if t["direction"] == "better" else "▼"
-        out.append(arrow if ref == FIRST_STAGE else f"{arrow}{baseline_letter(block, i)}")
+        out.append(("▲" if t["direction"] == "better" else "▼") + t["mark"])
     return "".join(out)
 
 
-def baseline_letter(block: Mapping[str, Any], index: int) -> str:
-    first = 1 if FIRST_STAGE in block["against"] else 0
-    return "abcdefghijklmnopqrstuvwxyz"[index - first]
+def _mark_of(tests: Mapping[str, Any]) -> str:
+    return next(iter(tests.values()))["mark"] if tests else ""
 
 
 def legend(block: Mapping[str, Any] | None) -> str:
     if not block or not block["tests"]:
         return ""
     parts = []
-    for i, ref in enumerate(block["against"]):
-        parts.append("▲/▼ the first stage" if ref == FIRST_STAGE else f"▲{baseline_letter(block, i)}/▼"
-                     f"{baseline_letter(block, i)} {ref}")
+    for ref, tests in sorted(block["against"].items(), key=lambda kv: _mark_of(kv[1])):
+        mark = _mark_of(tests)
+        parts.append("▲/▼ the first stage" if ref == FIRST_STAGE else f"▲{mark}/▼{mark} {ref}")
     return (f"significant (paired t-test, Holm over {block['tests']} tests, alpha {block['alpha']}) "
             "against: " + ", ".join(parts))

@@ -165,3 +165,21 @@ def test_run_config_runs_baselines_first(tmp_path: Path, tiny_cross_encoder: Pat
     out2 = subprocess.run([sys.executable, "-m", "harness", "run", str(tmp_path / "bad.yaml")], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert out2.returncode == 2 and "baselines ['nope'] are not among the models" in out2.stdout + out2.stderr
+
+
+def test_marks_survive_a_round_trip_through_metrics_json() -> None:
+    from harness.significance import FIRST_STAGE, legend, marks, significance
+
+    base = {"m": {str(q): float(q % 3) for q in range(30)}}
+    better = {"m": {str(q): float(q % 3) + 1.0 + 0.01 * q for q in range(30)}}
+    block = significance(better, {FIRST_STAGE: base, "ce-a": base}, ["m"])
+    read_back = json.loads(json.dumps(block, sort_keys=True))  # bundles write sorted keys
+    assert marks(block, "m") == marks(read_back, "m") == "▲▲a"
+    assert legend(read_back).endswith("▲/▼ the first stage, ▲a/▼a ce-a")
+
+
+def test_partly_cached_cost_has_no_rate() -> None:
+    from harness.compare import SideCost
+
+    assert SideCost(100, 100, 5.0, None, None).per_100 == 5.0
+    assert SideCost(100, 40, 5.0, None, None).per_100 is None  # the 60 cached ones would hide cost

@@ -129,3 +129,27 @@ def test_bad_table_config_names_the_key(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(HarnessError, match="names column 'dl20'"):
         load_table(path)
+
+
+def test_a_time_is_taken_from_a_fully_computed_run(tmp_path: Path, tiny_cross_encoder: Path, results: Path) -> None:
+    """A bundle whose outputs came from the cache has no usable time; `tables` re-times it with a fresh cache."""
+    from harness.pipeline import PipelineSpec, run_pipeline
+
+    model = tmp_path / "tiny-ce.yaml"
+    model.write_text(yaml.safe_dump({"name": "tiny-ce", "type": "cross-encoder",
+                                     "weights": {"path": str(tiny_cross_encoder)}}))
+    for _ in range(2):  # the second run reads every output from the cache
+        run_pipeline(PipelineSpec.single(str(model)), "trec-dl-2019", first_stage="bm25", depth=5, results=results)
+    spec = {"name": "time", "title": "t", "source": "test", "digits": 3,
+            "defaults": {"task": "trec-dl-2019", "first_stage": "bm25", "depth": 5},
+            "columns": [{"id": "t", "label": "s/query", "measure": "seconds/query", "scale": 1,
+                         "tolerance": {"ok": 0.25, "okish": 1.0, "relative": True}}],
+            "rows": [{"label": "tiny", "model": str(model), "published": {"t": 2.2}}]}
+    (tmp_path / "time.yaml").write_text(yaml.safe_dump(spec))
+    table = load_table(tmp_path / "time.yaml")
+    (cell,) = build_table(table, results=results, run_missing=False).cells
+    assert cell.status == "not run" and "from the cache" in cell.reason
+    (cell,) = build_table(table, results=results).cells
+    execution = json.loads((Path(cell.bundle) / "execution.json").read_text())
+    assert execution["stages"][0]["computed"] == execution["stages"][0]["items"] == 215
+    assert cell.reproduced is not None and 0 < cell.reproduced < 2.2 and cell.status in ("OKish", "FAIL")
