@@ -190,7 +190,9 @@ class Bundle:
         col = 0 if first_stage or not self.reranked else 1
         return {u: v[col] for u, v in self._units[measure].items() if not math.isnan(v[col])}
 
+    @cached_property
     def run(self) -> Any:
+        """The final run (read once: tau and the score scatter both use it)."""
         return read_run(self.path / "run.trec")
 
     def judgments(self) -> list[dict[str, Any]]:

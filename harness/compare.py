@@ -110,18 +110,14 @@ def resolve_side(spec: str, tasks: list[str], *, first_stage: str | None, depth:
 
 def find_or_run(model: str, task: str, first_stage: str | None, depth: int, results: Path, run_missing: bool,
                 measures: list[str] | None = None) -> Bundle:
-    from harness.pipeline import PipelineSpec, bundle_dir, run_pipeline
-    from harness.tasks import load_task
+    from harness.pipeline import PipelineSpec, find_bundle, run_pipeline
 
     pipeline = PipelineSpec.single(model)
-    candidates = [first_stage] if first_stage else list(load_task(task).default_first_stage)
-    for name in candidates:
-        path = bundle_dir(results, task, Path(name).stem if name.endswith((".trec", ".json", ".tsv")) else name,
-                          depth, pipeline.name)
-        if (path / "metrics.json").is_file():
-            return read_bundle(path)
+    found = find_bundle(results, task, first_stage, depth, pipeline.name)
+    if found is not None:
+        return read_bundle(found)
     if not run_missing:
-        raise HarnessError(f"no result bundle of {pipeline.name} on {task} (first stage {candidates[0]}, "
+        raise HarnessError(f"no result bundle of {pipeline.name} on {task} (first stage {first_stage or 'default'}, "
                            f"depth {depth}) under {results}; run it, or drop --no-run")
     log.info("evaluating %s on %s (no bundle yet)", pipeline.name, task)
     outcome = run_pipeline(pipeline, task, first_stage=first_stage, depth=depth, results=results, measures=measures)
@@ -170,7 +166,7 @@ def compare(a: dict[str, Bundle], b: dict[str, Bundle], *, labels: tuple[str, st
 
 def _rankings(row: TaskComparison, ba: Bundle, bb: Bundle) -> None:
     """Kendall's tau between the two orders of each query's candidates (the top `depth` of both)."""
-    ra, rb = ba.run(), bb.run()
+    ra, rb = ba.run, bb.run
     for qid in sorted(set(ra) & set(rb)):
         sa = {d.doc_id: d.score for d in ra[qid][: ba.metrics["depth"]]}
         sb = {d.doc_id: d.score for d in rb[qid][: bb.metrics["depth"]]}
@@ -190,7 +186,7 @@ def _judgments(row: TaskComparison, ba: Bundle, bb: Bundle) -> None:
         row.scores = ([ja[k]["score"] for k in keys], [jb[k]["score"] for k in keys])
         row.same_scale = _last_type(ba) == _last_type(bb)
     else:  # first stages, or different candidates: the run scores of the shared top documents
-        ra, rb = ba.run(), bb.run()
+        ra, rb = ba.run, bb.run
         xs, ys = [], []
         for qid in sorted(set(ra) & set(rb)):
             sb = {d.doc_id: d.score for d in rb[qid][: bb.metrics["depth"]]}

@@ -106,6 +106,19 @@ def bundle_dir(results: Path, task: str, first_stage: str, depth: int, pipeline:
     return path
 
 
+def find_bundle(results: Path, task: str, first_stage: str | None, depth: int, pipeline: str) -> Path | None:
+    """The finished bundle of a pipeline on a task, if any. Without a first stage, the task's defaults
+    are tried in order; a run file is named as `load_first_stage` names it (its file name)."""
+    spec = load_task(task)
+    names = [first_stage] if first_stage else list(spec.default_first_stage)
+    for name in names:
+        stage = name if name in spec.first_stages else Path(name).name
+        path = bundle_dir(results, task, stage, depth, pipeline)
+        if (path / "metrics.json").is_file():
+            return path
+    return None
+
+
 def merge_stage(previous: list[ScoredDoc], judged: list[Judgment]) -> list[ScoredDoc]:
     """The reranked head (by the stage's scores) followed by the untouched tail.
 

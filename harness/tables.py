@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from harness.data import PROJECT_ROOT
 from harness.errors import ConfigError, DataNotFoundError, HarnessError, InputError
-from harness.pipeline import PipelineSpec, bundle_dir, safe_name
+from harness.pipeline import PipelineSpec, find_bundle, safe_name
 from harness.tasks import validation_error
 
 log = logging.getLogger(__name__)
@@ -205,17 +205,6 @@ def _why_not_runnable(pipeline: PipelineSpec) -> str | None:
     return "; ".join(reasons) or None
 
 
-def _find_bundle(results: Path, task: str, first_stage: str | None, depth: int, pipeline: str) -> Path | None:
-    from harness.tasks import load_task
-
-    names = [first_stage] if first_stage else list(load_task(task).default_first_stage)
-    for name in names:
-        path = bundle_dir(results, task, name, depth, pipeline)
-        if (path / "metrics.json").is_file():
-            return path
-    return None
-
-
 def _value(bundle_path: Path, measure: str) -> tuple[float | None, str]:
     from harness.bundle import read_bundle
 
@@ -262,15 +251,16 @@ def fill(cell: Cell, results: Path, run_missing: bool) -> None:
         return
     depth = cond.get("depth", 100)
     timing = cond["measure"] == SECONDS_PER_QUERY
-    path = _find_bundle(results, cond["task"], cond.get("first_stage"), depth, pipeline.name)
+    path = find_bundle(results, cond["task"], cond.get("first_stage"), depth, pipeline.name)
+    value, why = _value(path, cond["measure"]) if path else (None, "no result bundle yet (--no-run)")
     # A time is read only from a bundle whose outputs were all computed: re-time one that used the cache.
-    if path is None or (timing and _value(path, SECONDS_PER_QUERY)[0] is None):
+    if path is None or (timing and value is None):
         blocker = _why_not_runnable(pipeline)
         if blocker:
             cell.reason = blocker
             return
         if not run_missing:
-            cell.reason = "no result bundle yet (--no-run)" if path is None else _value(path, SECONDS_PER_QUERY)[1]
+            cell.reason = why
             return
         measures = _measures(cond["task"], "nDCG@10" if timing else cond["measure"])
         try:
@@ -284,10 +274,10 @@ def fill(cell: Cell, results: Path, run_missing: bool) -> None:
         except HarnessError as exc:
             cell.reason = f"failed: {str(exc).splitlines()[0]}"
             return
+        assert outcome.bundle is not None
         path = outcome.bundle
-    assert path is not None
+        value, why = _value(path, cond["measure"])
     cell.bundle = str(path)
-    value, why = _value(path, cond["measure"])
     if value is None:
         cell.reason = why
         return

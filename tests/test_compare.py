@@ -183,3 +183,12 @@ def test_partly_cached_cost_has_no_rate() -> None:
 
     assert SideCost(100, 100, 5.0, None, None).per_100 == 5.0
     assert SideCost(100, 40, 5.0, None, None).per_100 is None  # the 60 cached ones would hide cost
+
+
+def test_a_bundle_made_from_a_run_file_is_found_again(results: Path) -> None:
+    from harness.compare import find_or_run
+
+    run_file = ROOT / "tests/bad_inputs/run_crlf.trec"
+    made = run_pipeline(PipelineSpec.single("none"), "novel-eval-2306", first_stage=str(run_file), results=results)
+    found = find_or_run("none", "novel-eval-2306", str(run_file), 100, results, run_missing=False)
+    assert found.path == made.bundle
