@@ -90,6 +90,7 @@ def write_bundle(outcome: Outcome, data: TaskData, results: Path) -> Path:
             "first_stage": {"name": stage0.name, "description": stage0.description,
                             "depth": stage0.depth, "notes": stage0.notes},
             "data_checksums": dict(sorted(data.files.items())),
+            "data_unverified": data.unverified,  # read with no pinned sha256 to check them against
             "libraries": library_versions(),
             "code": git_commit(),
         },

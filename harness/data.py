@@ -6,6 +6,10 @@ Order of resolution for a file `path` (relative, e.g. `beir/scifact/corpus.jsonl
 2. the download cache: `$HARNESS_CACHE_DIR/data/path` (default `~/.cache/harness/data/path`);
 3. the official URL, downloaded into the cache and checked against its published checksum.
 Offline and absent, the error says what to download and where to put it.
+
+A local copy (mirror or cache) of a file that pins a sha256 is checked before it is read: a copy
+cut short or of another version would give wrong figures with no sign of it. Hashes are remembered
+per (path, size, mtime), so a rerun reads no data file only to hash it.
 """
 
 from __future__ import annotations
@@ -20,9 +24,9 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
-from harness.errors import DataNotFoundError, InputError
+from harness.errors import ChecksumError, DataNotFoundError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +42,10 @@ class DataFile(BaseModel):
     path: str
     format: str
     url: str | None = None
-    sha256: str | None = None  # of the file itself
+    sha256: str | None = Field(default=None, pattern="^[0-9a-f]{64}$")  # of the file itself
     archive_md5: str | None = None  # of the archive at `url`, as BEIR publishes it
     member: str | None = None  # the file's path inside the archive at `url`
+    source: str | None = None  # where the official file comes from, when there is no `url` to fetch
 
 
 def mirror_dir() -> Path | None:
@@ -76,9 +81,12 @@ def locate(file: DataFile) -> Path | None:
 
 
 def resolve(file: DataFile, what: str) -> Path:
-    """Return a local path to `file`, downloading it when allowed; raise a helpful error if not."""
+    """Return a local path to `file`, downloading it when allowed; raise a helpful error if not.
+
+    A local copy is checked against the pinned sha256 first (a download is checked as it arrives)."""
     found = locate(file)
     if found is not None:
+        verify(file, found, what)
         return found
     if file.url is None or os.environ.get("HARNESS_OFFLINE") == "1":
         raise DataNotFoundError(_missing_message(file, what, reason="no download is allowed"))
@@ -88,21 +96,44 @@ def resolve(file: DataFile, what: str) -> Path:
         raise DataNotFoundError(_missing_message(file, what, reason=f"download failed: {exc}")) from exc
 
 
-def _missing_message(file: DataFile, what: str, reason: str) -> str:
-    mirror = mirror_dir()
-    where = f"the mirror {mirror}" if mirror else "no mirror (HARNESS_DATA_MIRROR is unset)"
-    lines = [
-        f"{what}: {file.path} is not in {where} nor in the cache {cache_dir()}; {reason}.",
-    ]
+def verify(file: DataFile, path: Path, what: str) -> str:
+    """The sha256 of `path`, the local copy of `file`; a ChecksumError if `file` pins another."""
+    found = checksum(path)
+    if file.sha256 is None:
+        log.info("%s: %s pins no sha256; read unverified", what, path)
+    elif found != file.sha256:
+        raise ChecksumError(path, expected=file.sha256, found=found, remedy=_refetch_hint(file, path, what))
+    return found
+
+
+def _refetch_hint(file: DataFile, path: Path, what: str) -> str:
+    where = "the download cache" if path.is_relative_to(cache_dir()) else "the mirror"
+    hint = f"It is the {what} ({file.path}) in {where}. "
+    if file.url is None:
+        origin = f" from {file.source}" if file.source else ""
+        return hint + f"Replace it with the official file{origin}."
+    member = f" (its member {file.member})" if file.member else ""
+    if where == "the mirror":
+        return hint + (f"Replace it with the official file, or delete it: the next run then takes the "
+                       f"cached copy or downloads {file.url}{member} into {cache_dir()}.")
+    return hint + f"Delete it: the next run downloads {file.url}{member} again."
+
+
+def _fetch_hint(file: DataFile) -> str:
     if file.url:
         fetch = f"Download {file.url}"
         if file.member:
             fetch += f", unpack it, and copy its {file.member}"
-        lines.append(f"{fetch} to <mirror>/{file.path} (or to {cache_dir() / file.path}),")
-        lines.append("or set HARNESS_DATA_MIRROR to a folder that holds it.")
-    else:
-        lines.append(f"Put the file at <mirror>/{file.path} and set HARNESS_DATA_MIRROR to <mirror>.")
-    return " ".join(lines)
+        return (f"{fetch} to <mirror>/{file.path} (or to {cache_dir() / file.path}), "
+                "or set HARNESS_DATA_MIRROR to a folder that holds it.")
+    origin = f"Get it from {file.source}, put it" if file.source else "Put the file"
+    return f"{origin} at <mirror>/{file.path} and set HARNESS_DATA_MIRROR to <mirror>."
+
+
+def _missing_message(file: DataFile, what: str, reason: str) -> str:
+    mirror = mirror_dir()
+    where = f"the mirror {mirror}" if mirror else "no mirror (HARNESS_DATA_MIRROR is unset)"
+    return f"{what}: {file.path} is not in {where} nor in the cache {cache_dir()}; {reason}. {_fetch_hint(file)}"
 
 
 def _download(file: DataFile) -> Path:
@@ -155,23 +186,31 @@ def _unpack_archive(archive: Path, file: DataFile) -> None:
 
 
 def checksum(path: Path) -> str:
-    """sha256 of a data file, remembered per (path, size, mtime) so big files are hashed once."""
-    import json
+    """sha256 of a data file, remembered per (path, size, mtime) so big files are hashed once.
 
+    A copy cut short or replaced by another version changes its size or mtime (what make and rsync
+    trust too); only bytes rewritten in place with both restored by hand would go unseen. Each
+    entry is a file of its own, written whole under a fresh name and renamed into place: processes
+    that hash at the same time never lose each other's entries nor read half an entry.
+    """
     stat = path.stat()
-    memo_path = cache_dir().parent / "checksums.json"
     key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    memo = cache_dir().parent / "checksums" / hashlib.sha256(key.encode()).hexdigest()
     try:
-        memo = json.loads(memo_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        memo = {}
-    if key not in memo:
-        memo[key] = sha256_file(path)
+        known = memo.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        known = ""
+    if len(known) == 64:
+        return known
+    digest = sha256_file(path)
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=memo.parent, delete=False, encoding="ascii") as tmp:
+            tmp.write(digest)
         try:
-            memo_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = memo_path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(memo, indent=0, sort_keys=True), encoding="utf-8")
-            tmp.replace(memo_path)
-        except OSError:
-            log.debug("could not write the checksum memo %s", memo_path)
-    return str(memo[key])
+            Path(tmp.name).replace(memo)
+        finally:
+            Path(tmp.name).unlink(missing_ok=True)
+    except OSError:
+        log.debug("could not write the checksum memo %s", memo)
+    return digest

@@ -35,6 +35,18 @@ class InputError(HarnessError):
         super().__init__(f"{where}: {problem}")
 
 
+class ChecksumError(InputError):
+    """A local data file whose sha256 is not the one its task pins: cut short, damaged or another
+    version, so every figure computed from it would be wrong. The message names the file, both
+    checksums, and how to get the official file back."""
+
+    def __init__(self, path: str | Path, *, expected: str, found: str, remedy: str) -> None:
+        self.expected = expected
+        self.found = found
+        super().__init__(path, f"sha256 {found} is not the pinned {expected}: the copy is truncated, "
+                         f"damaged or another version. {remedy}")
+
+
 class DataNotFoundError(HarnessError):
     """A data file is neither in the local mirror nor downloadable right now."""
 

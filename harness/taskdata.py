@@ -1,4 +1,8 @@
-"""A task's data, loaded: queries, qrels, lazily the corpus, NevIR pairs; with checksums."""
+"""A task's data, loaded: queries, qrels, lazily the corpus, NevIR pairs; with checksums.
+
+Every file is checked against the sha256 its task pins before it is read (`data.resolve`); the
+files that pin none are read all the same and listed as unverified in the bundle.
+"""
 
 from __future__ import annotations
 
@@ -19,13 +23,19 @@ Pair = tuple[str, str, str, str, str]
 
 
 def _pick(files: list[DataFile], what: str) -> tuple[DataFile, Path]:
+    """The first alternative with a local copy (checked), else the first one, downloaded."""
     if not files:
         raise ConfigError(f"{what}: the task names no file")
-    for file in files:
-        found = locate(file)
-        if found is not None:
-            return file, found
-    return files[0], resolve(files[0], what)
+    file = next((f for f in files if locate(f) is not None), files[0])
+    return file, resolve(file, what)
+
+
+def unpinned(spec: TaskSpec) -> set[str]:
+    """The data paths of `spec` that pin no sha256: a local copy of them cannot be verified (a BEIR
+    zip's md5 checks the download only, not the files unpacked from it)."""
+    files = spec.queries + spec.qrels + spec.corpus + spec.pairs
+    files += [f for stage in spec.first_stages.values() for f in stage.files]
+    return {f.path for f in files if f.sha256 is None}
 
 
 def read_tsv_corpus(path: Path) -> dict[str, Document]:
@@ -57,6 +67,11 @@ class TaskData:
     qrels: list[Qrel]
     files: dict[str, str] = field(default_factory=dict)  # data path -> sha256
     pairs: list[Pair] = field(default_factory=list)
+
+    @property
+    def unverified(self) -> list[str]:
+        """The files read so far that no pinned sha256 could check (their sha256 is in `files`)."""
+        return sorted(set(self.files) & unpinned(self.spec))
 
     @functools.cached_property
     def corpus(self) -> Mapping[str, Document]:

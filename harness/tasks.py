@@ -142,6 +142,8 @@ def _beir_spec(name: str) -> dict[str, Any]:
             "url": url,
             "archive_md5": entry.get("md5"),
             "member": f"{name}/{rel}",
+            # the zip's md5 checks a download only; a member's own sha256 checks any local copy
+            "sha256": (entry.get("sha256") or {}).get(rel),
         }
 
     names = {"name": name, "mteb": entry.get("mteb", name)}

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
+from harness.data import verify
 from harness.errors import ConfigError, HarnessError, InputError
 from harness.evaluate import evaluate
 from harness.firststage import read_any_run
@@ -66,6 +67,8 @@ READERS: dict[str, Callable[[Path, list[str]], object]] = {
     "mteb": lambda p, notes: read_mteb(p, notes=notes),
     "model-config": lambda p, notes: load_model_config(str(p)),
     "run-config": lambda p, notes: load_run_spec(p),
+    # a local copy of DL19's qrels checked against the sha256 the task pins (truncated, or another file)
+    "pinned-dl19-qrels": lambda p, notes: verify(load_task("trec-dl-2019").qrels[0], p, "trec-dl-2019 qrels"),
 }
 
 
