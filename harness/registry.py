@@ -14,7 +14,7 @@ from harness.data import PROJECT_ROOT
 from harness.errors import ConfigError, ConfigFileError, InputError
 from harness.rerankers.base import ModelConfig, Reranker
 from harness.tasks import read_yaml, validation_error
-from harness.weights import ResolvedWeights, Weights
+from harness.weights import EXPECTED_FOLDER, ResolvedWeights, Weights, folder_problem, local_folder
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ MODELS_DIR = PROJECT_ROOT / "configs" / "models"
 # type -> ("module:ConfigClass", "module:RerankerClass")
 FAMILIES: dict[str, tuple[str, str]] = {
     "bi-encoder": ("harness.rerankers.biencoder:BiEncoderConfig", "harness.rerankers.biencoder:BiEncoder"),
-    "cross-encoder": ("harness.rerankers.seqcls:SeqClsConfig", "harness.rerankers.seqcls:SequenceClassifier"),
+    "cross-encoder": ("harness.rerankers.seqcls:SeqClsConfig", "harness.rerankers.seqcls:build_cross_encoder"),
     "rank1": ("harness.rerankers.rank1:Rank1Config", "harness.rerankers.rank1:Rank1"),
     "listwise": ("harness.rerankers.listwise:ListwiseConfig", "harness.rerankers.listwise:ListwiseReranker"),
     "monot5": ("harness.rerankers.monot5:MonoT5Config", "harness.rerankers.monot5:MonoT5"),
@@ -72,20 +72,15 @@ def parse_model_config(raw: Any, path: Path | str) -> ModelConfig:
 
 
 def _check_local_weights(config: ModelConfig, path: Path | str) -> None:
-    """A `path:` of weights that is not a folder stops the run when the config is read, before any
-    data or compute is spent (relative paths as weights.py resolves them: here, else the project)."""
+    """A `path:` of weights that is not a model's folder (missing, empty, no config.json, no weight
+    file) stops the run when the config is read, before any data or compute is spent."""
     for key in ("weights", "base"):
         weights = getattr(config, key, None)
         if not isinstance(weights, Weights) or not weights.path:
             continue
-        if not _local_folder(weights.path).is_dir():
-            raise ConfigFileError(path, f"{weights.path!r} is not a folder; expected a local folder with the "
-                                  "model's weights (config.json and the weight files)", key=f"{key}.path")
-
-
-def _local_folder(path: str) -> Path:
-    folder = Path(path).expanduser()
-    return PROJECT_ROOT / folder if not folder.is_absolute() and not folder.exists() else folder
+        problem = folder_problem(local_folder(weights.path))
+        if problem:
+            raise ConfigFileError(path, f"{weights.path!r} {problem}; {EXPECTED_FOLDER}", key=f"{key}.path")
 
 
 def load_model_config(name_or_path: str, weights_path: str | None = None) -> ModelConfig:
@@ -93,9 +88,10 @@ def load_model_config(name_or_path: str, weights_path: str | None = None) -> Mod
     path = model_config_path(name_or_path)
     raw = read_yaml(path, "model config")
     if weights_path is not None and isinstance(raw, dict):
-        if not _local_folder(weights_path).is_dir():
-            raise ConfigError(f"model {path.stem!r}: the weights folder {weights_path!r} given in place of the "
-                              "config's (--weights, or a stage's `weights:`) is not a folder")
+        problem = folder_problem(local_folder(weights_path))
+        if problem:
+            raise ConfigError(f"model {path.stem!r} ({path}): the weights folder {weights_path!r} given by --weights "
+                              f"(or a stage's `weights:`) in place of the config's {problem}; {EXPECTED_FOLDER}")
         raw = {**raw, "weights": {"path": weights_path}}
     return parse_model_config(raw, path)
 

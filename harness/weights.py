@@ -38,6 +38,46 @@ class ResolvedWeights(BaseModel):
     revision: str  # hub commit, or "sha256:<digest of the files>" for local weights
 
 
+# What a loadable folder holds, said in every error about one.
+EXPECTED_FOLDER = ("expected a local folder with the model's weights: config.json and weight files (*.safetensors, "
+                   "*.bin, *.pt), a LoRA adapter (adapter_config.json and adapter_model.safetensors), or a "
+                   "sentence-transformers folder (modules.json and its modules)")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+def local_folder(path: str) -> Path:
+    """A `path:` of weights as it is read: relative to the working folder, else to the project."""
+    folder = Path(path).expanduser()
+    return PROJECT_ROOT / folder if not folder.is_absolute() and not folder.exists() else folder
+
+
+def folder_problem(folder: Path) -> str | None:
+    """What keeps `folder` from being a model's weights ("is empty", "has no config.json"...), or None.
+
+    Only file names are looked at, so the check costs nothing: it stops a wrong or half-copied folder
+    when the config is read, before the data and the model loader would meet it. Dot files (git and
+    LFS bookkeeping) do not count.
+    """
+    if not folder.is_dir():
+        return "is not a folder"
+    names = {p.name for p in folder.iterdir() if not p.name.startswith(".")}
+    if not names:
+        return "is empty"
+    if "adapter_config.json" in names:  # peft: the base model comes from the adapter's config or `base:`
+        if not names & {"adapter_model.safetensors", "adapter_model.bin"}:
+            return "has adapter_config.json but no adapter_model.safetensors (or .bin)"
+        return None
+    if "modules.json" in names:  # sentence-transformers: older layouts keep the weights in 0_Transformer/
+        files = (p for p in folder.rglob("*") if p.is_file())
+    elif "config.json" not in names:
+        return "has no config.json"
+    else:
+        files = (p for p in folder.iterdir() if p.is_file())
+    if not any(p.name.endswith(WEIGHT_SUFFIXES) for p in files):
+        return f"has no weight file ({', '.join('*' + s for s in WEIGHT_SUFFIXES)})"
+    return None
+
+
 def _dir_digest(folder: Path) -> str:
     import hashlib
 
@@ -52,11 +92,10 @@ def _dir_digest(folder: Path) -> str:
 
 def resolve_weights(weights: Weights, config_name: str) -> ResolvedWeights:
     if weights.path:
-        folder = Path(weights.path).expanduser()
-        if not folder.is_absolute() and not folder.exists():
-            folder = PROJECT_ROOT / folder
-        if not folder.is_dir():
-            raise ConfigError(f"model {config_name!r}: weights.path {weights.path!r} is not a folder")
+        folder = local_folder(weights.path)
+        problem = folder_problem(folder)
+        if problem:
+            raise ConfigError(f"model {config_name!r}: weights.path {weights.path!r} {problem}; {EXPECTED_FOLDER}")
         return ResolvedWeights(local_dir=str(folder), source=str(weights.path), revision=_dir_digest(folder))
     if weights.package:
         module = weights.package.replace("-", "_")

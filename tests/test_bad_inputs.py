@@ -67,6 +67,8 @@ READERS: dict[str, Callable[[Path, list[str]], object]] = {
     "mteb": lambda p, notes: read_mteb(p, notes=notes),
     "model-config": lambda p, notes: load_model_config(str(p)),
     "run-config": lambda p, notes: load_run_spec(p),
+    # a weights folder given with --weights in place of a shipped config's
+    "weights-folder": lambda p, notes: load_model_config("minilm-l6", weights_path=str(p)),
     # a local copy of DL19's qrels checked against the sha256 the task pins (truncated, or another file)
     "pinned-dl19-qrels": lambda p, notes: verify(load_task("trec-dl-2019").qrels[0], p, "trec-dl-2019 qrels"),
 }
@@ -177,9 +179,11 @@ def harness_cli(*argv: str) -> tuple[subprocess.CompletedProcess[str], float]:
 
 
 def unloadable_model(tmp_path: Path) -> Path:
-    """A valid config whose weights folder exists but is empty: building the model would fail with
-    another error, so an input error that comes out proves the model was never built."""
+    """A valid config whose weights folder has the right file names but no model in them: building the
+    model would fail with another error, so an input error that comes out proves it was never built."""
     (tmp_path / "empty-weights").mkdir()
+    (tmp_path / "empty-weights" / "config.json").write_text("{}")
+    (tmp_path / "empty-weights" / "model.safetensors").write_text("not weights")
     path = tmp_path / "unloadable.yaml"
     path.write_text(yaml.safe_dump({"name": "unloadable", "type": "cross-encoder",
                                     "weights": {"path": str(tmp_path / "empty-weights")}}))

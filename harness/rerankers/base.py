@@ -11,15 +11,17 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from harness.cache import Cache, stable_hash
+from harness.errors import ConfigError
 from harness.records import Document, Judgment
 from harness.weights import ResolvedWeights, Weights, resolve_weights
 
@@ -60,6 +62,14 @@ class Quantization(BaseModel):
     weights: Literal["int8", "int4", "float8", "nf4"] = "int8"
 
 
+# The devices torch can be given by name; anything else would fail only once the model is loading.
+DEVICE_PATTERN = "^(auto|cpu|mps|cuda(:[0-9]+)?)$"
+# The least `max_length` of the families that cut their input to a token budget: tokenizers ignore
+# a budget shorter than their special tokens (a BERT pair has three) instead of failing, so the
+# model would see the whole input while every item is counted as truncated.
+MIN_MAX_LENGTH = 8
+
+
 class ModelConfig(BaseModel):
     """Fields every model config has; each family adds its own, with a literal `type`."""
 
@@ -70,16 +80,24 @@ class ModelConfig(BaseModel):
     description: str = ""
     weights: Weights
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    device: str = "auto"
-    batch_size: int = 32
+    # The pattern is in the schema; the validator below says it in words.
+    device: str = Field(default="auto", json_schema_extra={"pattern": DEVICE_PATTERN})
+    batch_size: int = Field(default=32, ge=1)
     trust_remote_code: bool = False
-    cache_every: int = 512  # items between cache commits: what a kill can lose at most
+    cache_every: int = Field(default=512, ge=1)  # items between cache commits: what a kill can lose at most
     # A string names the checkpoint's own scheme (awq, gptq: vLLM's `quantization`); a mapping
     # (`{method: quanto, weights: int8}`) quantizes a full-precision checkpoint while loading it.
     quantization: Quantization | str | None = None
     # The GPU memory the model needs (GB); unset: small enough to run on a CPU. `tables` reports
     # cells of such models as "not run: no GPU" on machines without CUDA.
-    gpu_memory_gb: float | None = None
+    gpu_memory_gb: float | None = Field(default=None, gt=0)
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if not re.fullmatch(DEVICE_PATTERN, value):
+            raise ValueError(f"expected auto, cpu, cuda, cuda:N or mps (found {value!r})")
+        return value
 
 
 @dataclass(frozen=True)
@@ -122,6 +140,17 @@ def torch_device_and_dtype(config: ModelConfig) -> tuple[Any, Any]:
     device = config.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    # torch would fail inside the model's loading with a traceback; say which setting to change.
+    if device.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(device.partition(":")[2] or 0)
+        if index >= count:
+            have = f"only {count} CUDA device(s)" if count else "no CUDA"
+            raise ConfigError(f"model {config.name!r}: device {config.device!r}, but this machine has {have}; "
+                              "set `device: auto` (CUDA when there is one, else the CPU) or `device: cpu`")
+    elif device == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"model {config.name!r}: device 'mps', but Apple's MPS is not available on this "
+                          "machine; set `device: auto` or `device: cpu`")
     if config.dtype == "auto":
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     else:

@@ -13,14 +13,16 @@ import importlib.metadata
 import importlib.util
 from typing import Any, Literal
 
+from pydantic import Field
+
 from harness.errors import MissingDependencyError, require
 from harness.records import Document, Judgment
-from harness.rerankers.base import ModelConfig, PointwiseReranker, torch_device_and_dtype
+from harness.rerankers.base import MIN_MAX_LENGTH, ModelConfig, PointwiseReranker, torch_device_and_dtype
 
 
 class BiEncoderConfig(ModelConfig):
     type: Literal["bi-encoder"]
-    max_length: int | None = None  # None: the model's own max_seq_length
+    max_length: int | None = Field(default=None, ge=MIN_MAX_LENGTH)  # None: the model's own max_seq_length
     query_prefix: str = ""
     document_prefix: str = ""
     normalize: bool = False

@@ -88,9 +88,9 @@ class ListwiseConfig(ModelConfig):
     max_new_tokens: int = Field(default=1024, ge=1)
     temperature: float = Field(default=0.0, ge=0.0)  # 0: greedy (the official code samples at 0.5)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    seed: int = 0  # used only when temperature > 0
+    seed: int = Field(default=0, ge=0)  # used only when temperature > 0
     add_special_tokens: bool = False  # true: tokenize the rendered chat as the official client (double BOS)
-    batch_size: int = 8
+    batch_size: int = Field(default=8, ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> ListwiseConfig:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from pydantic import Field
+
 from harness.errors import ConfigError, require
 from harness.records import Document, Judgment
-from harness.rerankers.base import ModelConfig, PointwiseReranker, torch_device_and_dtype
+from harness.rerankers.base import MIN_MAX_LENGTH, ModelConfig, PointwiseReranker, torch_device_and_dtype
 from harness.rerankers.hf import load_kwargs, place
 
 
@@ -19,7 +21,7 @@ class MonoT5Config(ModelConfig):
     type: Literal["monot5"]
     template: str = "Query: {query} Document: {text} Relevant:"
     title_format: str = "{title} {text}"  # how a title joins the text before it fills {text}
-    max_length: int = 512
+    max_length: int = Field(default=512, ge=MIN_MAX_LENGTH)
     true_token: str = "▁true"
     false_token: str = "▁false"
 

@@ -82,7 +82,7 @@ class Rank1Config(ModelConfig):
     query_template: str | None = None  # wins over the dataset templates when given
     use_dataset_templates: bool = True
     rethink: int = Field(default=0, ge=0)  # extra "\nWait" passes
-    seed: int = 0
+    seed: int = Field(default=0, ge=0)
     # vLLM engine settings
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
     enforce_eager: bool = False

@@ -17,9 +17,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import Field
+
 from harness.errors import require
 from harness.records import Document, Judgment
-from harness.rerankers.base import ModelConfig, PointwiseReranker, torch_device_and_dtype
+from harness.rerankers.base import MIN_MAX_LENGTH, ModelConfig, PointwiseReranker, torch_device_and_dtype
 from harness.rerankers.hf import load_kwargs, load_model, place, resolve_base
 from harness.weights import Weights
 
@@ -28,9 +30,9 @@ class SeqClsConfig(ModelConfig):
     type: Literal["cross-encoder"]
     query_template: str = "{query}"
     document_template: str = "{title} {text}"
-    max_length: int = 512
+    max_length: int = Field(default=512, ge=MIN_MAX_LENGTH)
     truncation: Literal["longest_first", "only_second"] = "longest_first"
-    positive_label: int = 1  # used only when the head has more than one label
+    positive_label: int = Field(default=1, ge=0)  # used only when the head has more than one label
     padding_side: Literal["left", "right"] | None = None  # None: the tokenizer's own
     base: Weights | None = None  # the base of a LoRA adapter, when its adapter_config should not decide
     merge_lora: bool = True
