@@ -14,7 +14,7 @@ from pathlib import Path
 from harness.data import DataFile, checksum, locate, resolve
 from harness.errors import ConfigError, InputError
 from harness.io.jsonfmt import read_beir_corpus, read_beir_queries
-from harness.io.text import read_lines
+from harness.io.text import id_problem, read_lines
 from harness.io.trec import read_qrels, read_topics
 from harness.records import Document, Qrel
 from harness.tasks import TaskSpec
@@ -44,6 +44,9 @@ def read_tsv_corpus(path: Path) -> dict[str, Document]:
         docid, sep, text = line.partition("\t")
         if not sep or not docid.strip():
             raise InputError(path, "expected 'docid<TAB>text'", line=number)
+        problem = id_problem(docid.strip(), "document id")
+        if problem:
+            raise InputError(path, problem, line=number)
         docs[docid.strip()] = Document(docid.strip(), text)
     return docs
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import InputError
-from harness.io.text import gc_paused, numbered_lines, read_lines, read_text
+from harness.io.text import brief, gc_paused, has_whitespace, id_problem, numbered_lines, read_lines, read_text
 from harness.records import Qrel, Run, ScoredDoc, sort_trec
 
 # Below this size the line-by-line reader is fast enough, and pandas is not imported.
@@ -52,25 +52,25 @@ def checked_run(path: str | Path, raw: bytes) -> Run:
             try:
                 rank = int(rank_s)
             except ValueError:
-                raise InputError(path, f"rank {rank_s!r} is not an integer; expected the 4th column of "
+                raise InputError(path, f"rank {brief(rank_s)} is not an integer; expected the 4th column of "
                                  f"{RUN_COLUMNS} to be a whole number", line=number) from None
             if rank < 0:
                 raise InputError(path, f"rank {rank} is negative; expected 0 or more", line=number)
             try:
                 score = float(score_s)
             except ValueError:
-                raise InputError(path, f"score {score_s!r} is not a number; expected the 5th column of "
+                raise InputError(path, f"score {brief(score_s)} is not a number; expected the 5th column of "
                                  f"{RUN_COLUMNS} to be a number", line=number) from None
             if math.isnan(score):
                 raise InputError(path, "score is NaN; expected a number", line=number)
             first = seen.setdefault(qid, {}).get(docid)
             if first is not None:
-                raise InputError(path, f"document {docid!r} appears twice for query {qid!r} (first on line "
+                raise InputError(path, f"document {brief(docid)} appears twice for query {brief(qid)} (first on line "
                                  f"{first}); expected each document once per query", line=number)
             seen[qid][docid] = number
             earlier = ranks.setdefault(qid, {}).get(rank)
             if earlier is not None:
-                raise InputError(path, f"rank {rank} repeated for query {qid!r} (first on line {earlier}); "
+                raise InputError(path, f"rank {rank} repeated for query {brief(qid)} (first on line {earlier}); "
                                  "expected distinct ranks per query", line=number)
             ranks[qid][rank] = number
             run.setdefault(qid, []).append(ScoredDoc(qid, docid, score))
@@ -175,8 +175,25 @@ def _frame_to_run(frame: Any) -> Run | None:
         return {scored[a].query_id: scored[a:b] for a, b in spans}
 
 
+def trec_tag(name: str) -> str:
+    """`name` as a TREC run tag: one token, whitespace runs turned into `_` (a model or file name with
+    a space would otherwise become a seventh column, and the run could not be read back)."""
+    return "_".join(name.split()) or "run"
+
+
 def write_run(path: str | Path, run: Run, tag: str) -> None:
-    """Write a run in TREC format, best first, ranks from 1. Byte-identical for equal runs."""
+    """Write a run in TREC format, best first, ranks from 1. Byte-identical for equal runs.
+
+    An id or tag with whitespace would come back as extra columns; the readers refuse such ids, and
+    this refuses them again rather than write a file the harness cannot read."""
+    if trec_tag(tag) != tag:
+        raise InputError(path, f"run tag {brief(tag)} is not one token; expected a tag without whitespace "
+                         f"(trec_tag gives {trec_tag(tag)!r})")
+    for qid, docs in run.items():
+        ids = [qid, *(d.doc_id for d in docs)]
+        if not all(ids) or has_whitespace("".join(ids)):  # one search per query, not one per line
+            problem = next(p for p in (id_problem(i, "id") for i in ids) if p)
+            raise InputError(path, f"cannot write the run of query {brief(qid)}: {problem}")
     lines = []
     for qid in sorted(run):
         for rank, doc in enumerate(sort_trec(run[qid]), start=1):
@@ -205,11 +222,11 @@ def read_qrels(path: str | Path, *, notes: list[str] | None = None) -> list[Qrel
         try:
             rel = int(rel_s)
         except ValueError:
-            raise InputError(path, f"relevance {rel_s!r} is not an integer; expected a whole-number grade "
+            raise InputError(path, f"relevance {brief(rel_s)} is not an integer; expected a whole-number grade "
                              "such as 0, 1, 2", line=number) from None
         first = seen.get((qid, docid))
         if first is not None:
-            raise InputError(path, f"query {qid!r} judges document {docid!r} twice (first on line {first}); "
+            raise InputError(path, f"query {brief(qid)} judges document {brief(docid)} twice (first on line {first}); "
                              "expected one judgment per query and document", line=number)
         seen[(qid, docid)] = number
         qrels.append(Qrel(qid, docid, rel))
@@ -228,9 +245,12 @@ def read_topics(path: str | Path, *, notes: list[str] | None = None) -> dict[str
             raise InputError(path, "expected 'qid<TAB>text', found no tab", line=number)
         if not qid:
             raise InputError(path, "query id is empty; expected 'qid<TAB>text'", line=number)
+        problem = id_problem(qid, "query id")
+        if problem:
+            raise InputError(path, problem, line=number)
         if not text:
-            raise InputError(path, f"query {qid!r} has empty text; expected 'qid<TAB>text'", line=number)
+            raise InputError(path, f"query {brief(qid)} has empty text; expected 'qid<TAB>text'", line=number)
         if qid in topics:
-            raise InputError(path, f"query id {qid!r} appears twice; expected each id once", line=number)
+            raise InputError(path, f"query id {brief(qid)} appears twice; expected each id once", line=number)
         topics[qid] = text
     return topics
