@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import difflib
 import functools
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from harness.data import PROJECT_ROOT, DataFile
 from harness.errors import ConfigError, InputError
+from harness.io.text import brief, read_input
 
 TASKS_DIR = PROJECT_ROOT / "tasks"
 
@@ -69,18 +72,57 @@ class TaskSpec(BaseModel):
                 raise ValueError(f"default_first_stage names {name!r}, not one of {sorted(self.first_stages)}")
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, first: int, second: int) -> None:
+        self.key, self.first, self.second = key, first, second
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader (tags that would build Python objects are still refused) that also refuses a key
+    given twice in one mapping, where plain YAML loading silently keeps the last value."""
+
+    def construct_document(self, node: Node) -> Any:
+        # The whole tree is checked before anything is built, so the first duplicate in the file is named.
+        first = min(self._duplicates(node, set()), key=lambda d: d.second, default=None)
+        if first is not None:
+            raise first
+        return super().construct_document(node)
+
+    def _duplicates(self, node: Node, visited: set[int]) -> Iterator[_DuplicateKey]:
+        if id(node) in visited:  # an alias points back at a node already walked
+            return
+        visited.add(id(node))
+        if isinstance(node, MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, value_node in node.value:
+                # `<<: *base` may be overridden on purpose; complex keys are PyYAML's to refuse
+                if key_node.tag != "tag:yaml.org,2002:merge" and isinstance(key_node, ScalarNode):
+                    key, line = self.construct_object(key_node), key_node.start_mark.line + 1
+                    if key in seen:
+                        yield _DuplicateKey(key, seen[key], line)
+                    seen.setdefault(key, line)
+                yield from self._duplicates(value_node, visited)
+        elif isinstance(node, SequenceNode):
+            for item in node.value:
+                yield from self._duplicates(item, visited)
+
+
 def read_yaml(path: str | Path, what: str = "config") -> Any:
-    """Plain data from a YAML file, with `yaml.safe_load` only: a tag that would build a Python
-    object (`!!python/object/apply:...`) is refused, never run."""
+    """Plain data from a YAML file, loaded as `yaml.safe_load` does: a tag that would build a Python
+    object (`!!python/object/apply:...`) is refused, never run; a key given twice is refused too."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, f"{what} file does not exist")
+    raw = read_input(path, what, decompress=False)
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise InputError(path, f"not valid UTF-8 ({exc.reason}); expected a UTF-8 YAML file") from exc
+    loader = _UniqueKeyLoader(text)
     try:
-        return yaml.safe_load(text)
+        return loader.get_single_data()
+    except _DuplicateKey as exc:
+        raise InputError(path, f"key {brief(exc.key)} appears twice in one mapping (lines {exc.first} and "
+                         f"{exc.second}); expected each key once, since YAML would silently keep only the last",
+                         line=exc.second, key=str(exc.key)) from None
     except yaml.constructor.ConstructorError as exc:
         mark = exc.problem_mark
         raise InputError(path, f"YAML tag not allowed ({exc.problem}); expected plain data: mappings, lists, "
@@ -92,6 +134,8 @@ def read_yaml(path: str | Path, what: str = "config") -> Any:
         raise InputError(path, f"not valid YAML: {what}", line=mark.line + 1 if mark else None) from exc
     except yaml.YAMLError as exc:
         raise InputError(path, f"not valid YAML: {exc}") from exc
+    finally:
+        loader.dispose()
 
 
 def validation_error(path: Path | str, exc: ValidationError) -> InputError:
@@ -106,7 +150,7 @@ def validation_error(path: Path | str, exc: ValidationError) -> InputError:
     elif first["type"] == "value_error":
         msg = msg.removeprefix("Value error, ")
     elif "input" in first:
-        msg += f" (found {first['input']!r})"
+        msg += f" (found {brief(first['input'])})"
     more = len(exc.errors()) - 1
     if more:
         msg += f"; and {more} more problem(s)"
