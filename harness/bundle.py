@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from harness.errors import HarnessError, InputError
 from harness.evaluate import PAIRED_ACCURACY
-from harness.io.trec import read_run, write_run
+from harness.io.trec import read_run, trec_tag, write_run
 from harness.provenance import git_commit, library_versions, machine
 
 if TYPE_CHECKING:
@@ -101,8 +101,8 @@ def write_bundle(outcome: Outcome, data: TaskData, results: Path) -> Path:
     if fs_eval.extra:
         metrics["first_stage_extra"] = {k: {kk: vv for kk, vv in v.items() if kk != "per_pair"}  # type: ignore[attr-defined]
                                         for k, v in fs_eval.extra.items()}
-    write_run(out / "first_stage.trec", stage0.run, f"first-stage.{stage0.name}")
-    write_run(out / "run.trec", outcome.final_run, outcome.pipeline.name)
+    write_run(out / "first_stage.trec", stage0.run, trec_tag(f"first-stage.{stage0.name}"))
+    write_run(out / "run.trec", outcome.final_run, trec_tag(outcome.pipeline.name))
     rows = ["query_id\tmeasure\tfirst_stage\treranked"]
     for qid in sorted(fs_eval.per_query):
         for measure, value in fs_eval.per_query[qid].items():

@@ -10,6 +10,7 @@ from pathlib import Path
 from harness.data import DataFile, checksum, locate, resolve
 from harness.errors import ConfigError, DataNotFoundError, InputError
 from harness.io.jsonfmt import read_mteb, read_rankgpt
+from harness.io.text import read_head
 from harness.io.trec import read_run
 from harness.records import Document, Run, ScoredDoc, sort_trec
 from harness.tasks import BM25Params, FirstStageSpec, TaskSpec
@@ -52,10 +53,8 @@ def read_any_run(path: str | Path, fmt: str | None = None, *, mteb_subset: str =
 
 
 def _guess_format(path: Path) -> str:
-    if not path.is_file():
-        raise InputError(path, "run file does not exist")
-    with path.open("rb") as fh:
-        head = fh.read(4096).lstrip(b"\xef\xbb\xbf").lstrip()
+    # read_head stats the path first (a folder or a FIFO is refused, never opened) and gunzips .gz
+    head = read_head(path, "run").lstrip(b"\xef\xbb\xbf").lstrip()
     if not head:
         raise InputError(path, "run file is empty")
     if head.startswith(b"["):
