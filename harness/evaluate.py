@@ -1,7 +1,9 @@
 """Evaluation through ir_measures, with each dataset's official conventions.
 
-Queries of the qrels that a run lacks count as zero for every measure (as `trec_eval -c`) and are
-listed, never dropped. NevIR's paired accuracy is computed from the run and the task's pairs.
+Tied scores are ordered as trec_eval orders them (document id descending) for every measure,
+whichever provider ir_measures picks. Queries of the qrels that a run lacks count as zero for every
+measure (as `trec_eval -c`) and are listed, never dropped. NevIR's paired accuracy is computed from
+the run and the task's pairs.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from itertools import compress
+from itertools import compress, islice
 from operator import itemgetter
 
 import ir_measures
@@ -50,15 +52,18 @@ def evaluate(run: Run, qrels: list[Qrel], measures: Iterable[str]) -> Evaluation
     key = {m: n for m, n in zip(parsed, names, strict=True)}
     judged = sorted({q.query_id for q in qrels})
     per_query: dict[str, dict[str, float]] = {q: dict.fromkeys(names, 0.0) for q in judged}
+    whole = [m for m in parsed if _top_depth(m) is None]
+    top = [m for m in parsed if _top_depth(m) is not None]
+    depth = max((_top_depth(m) or 0 for m in top), default=None)
     # ir_measures' own input form {qid: {docid: score}}, built in C: a million documents in a tenth
     # of a second (from a flat list of ScoredDoc, ir_measures would build it in a Python loop).
     with gc_paused():
         scored = {qid: dict(map(_DOC_AND_SCORE, docs)) for qid, docs in run.items() if docs and qid in per_query}
-    whole = [m for m in parsed if _top_depth(m) is None]
-    top = [m for m in parsed if _top_depth(m) is not None]
-    batches = [(_one_pass_order(whole), scored)] if whole else []
+        grades = _grades(qrels)
+        ranked = {qid: _ranking(docs, grades[qid], depth) for qid, docs in scored.items()}
+    batches = [(_one_pass_order(whole), {qid: r[0] for qid, r in ranked.items()})] if whole else []
     if top:
-        batches.append((top, _top_of(scored, max(_top_depth(m) or 0 for m in top))))
+        batches.append((top, {qid: r[1] for qid, r in ranked.items()}))
     for batch, docs in batches:
         for metric in ir_measures.iter_calc(batch, qrels, docs):
             per_query[metric.query_id][key[metric.measure]] = float(metric.value)
@@ -91,23 +96,65 @@ def _top_depth(measure: ir_measures.Measure) -> int | None:
     `judged_only` measures skip unjudged documents and so may read below k: they get the whole run.
     """
     cutoff = measure.params.get("cutoff")
-    if measure.NAME in _TOP_ONLY and isinstance(cutoff, int) and not measure.params.get("judged_only"):
+    if measure.NAME in _TOP_ONLY and isinstance(cutoff, int) and cutoff >= 1 and not measure.params.get("judged_only"):
         return cutoff
     return None
 
 
-def _top_of(scored: dict[str, dict[str, float]], depth: int) -> dict[str, dict[str, float]]:
+Grades = dict[str, set[tuple[str, int]]]  # document id -> its (iteration, relevance) judgments
+
+
+def _grades(qrels: list[Qrel]) -> dict[str, Grades]:
+    out: dict[str, Grades] = {}
+    for q in qrels:
+        out.setdefault(q.query_id, {}).setdefault(q.doc_id, set()).add((q.iteration, q.relevance))
+    return out
+
+
+def _ranking(docs: dict[str, float], grades: Grades,
+             depth: int | None) -> tuple[dict[str, float], dict[str, float]]:
+    """One query's documents as every provider must rank them: all of them, and the top for
+    `depth`, the deepest cutoff of the measures that read only the top (see `_top_depth`).
+
+    ir_measures' providers break tied scores their own way (msmarco, which computes RR@k, by
+    document id ascending), while trec_eval, pytrec_eval and the harness's run.trec order them by
+    document id descending (`records.sort_trec`). Where that matters, the query is given the scores
+    n, n-1, ..., 1 in trec_eval's order: measures read the order, not the scores. It matters only
+    where a tie holds documents judged differently (one unjudged and one judged, or two grades):
+    every measure reads a ranking as its sequence of judgments, which reordering the documents of
+    one judgment leaves as it is. A query without such ties keeps its scores, at the cost of a numpy
+    sort of them.
+    """
     import numpy as np
 
-    out = {}
-    for qid, docs in scored.items():
-        scores = np.fromiter(docs.values(), dtype=np.float64, count=len(docs))
-        if len(docs) <= depth or np.isnan(scores).any():
-            out[qid] = docs
-            continue
-        kth = np.partition(scores, len(docs) - depth)[len(docs) - depth]  # the depth-th best score
-        out[qid] = {d: docs[d] for d in compress(docs, (scores >= kth).tolist())}
-    return out
+    n = len(docs)
+    scores = np.fromiter(docs.values(), dtype=np.float64, count=n)
+    order = np.argsort(-scores, kind="stable")
+    ranked = scores[order]
+    tied = ranked[1:] == ranked[:-1]  # (a NaN score, which the readers refuse, sorts last)
+    if tied.any():
+        # Each run of equal scores is order[a:b]. Only those that hold a judged document may hold
+        # two judgments, and only those are put in trec_eval's order (the others' order is moot).
+        edges = np.flatnonzero(np.diff(np.concatenate(([False], tied, [False])).astype(np.int8))).tolist()
+        judged_scores = {docs[d] for d in grades if d in docs}
+        groups = [(a, b + 1) for a, b in zip(edges[::2], edges[1::2], strict=True)
+                  if float(ranked[a]) in judged_scores]
+        ids = list(docs) if groups else []
+        if not all(_one_judgment([grades.get(ids[i]) for i in order[a:b].tolist()]) for a, b in groups):
+            positions = order.tolist()
+            for a, b in groups:
+                positions[a:b] = sorted(positions[a:b], key=ids.__getitem__, reverse=True)
+            untied = dict(zip([ids[i] for i in positions], np.arange(n, 0, -1, dtype=np.float64).tolist(),
+                              strict=True))
+            return untied, (untied if depth is None else dict(islice(untied.items(), depth)))
+    if depth is None or n <= depth or np.isnan(ranked[-1]):
+        return docs, docs
+    kth = ranked[depth - 1]  # the depth-th best score
+    return docs, {d: docs[d] for d in compress(docs, (scores >= kth).tolist())}
+
+
+def _one_judgment(judgments: list[set[tuple[str, int]] | None]) -> bool:
+    return all(j == judgments[0] for j in judgments)
 
 
 def _one_pass_order(measures: list[ir_measures.Measure]) -> list[ir_measures.Measure]:

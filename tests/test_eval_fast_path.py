@@ -12,7 +12,7 @@ from harness.errors import InputError
 from harness.evaluate import evaluate
 from harness.io.text import read_text
 from harness.io.trec import FAST_MIN_BYTES, checked_run, fast_run, read_run
-from harness.records import Run, ScoredDoc
+from harness.records import Run, ScoredDoc, sort_trec
 from harness.taskdata import load_task_data
 from harness.tasks import load_task
 
@@ -122,7 +122,8 @@ def test_evaluate_equals_ir_measures_alone(data: Path) -> None:
     coarse = {q: [ScoredDoc(q, d.doc_id, round(d.score, 0)) for d in docs] for q, docs in run.items()}
     for r in (run, coarse):
         ours = evaluate(r, qrels, MEASURES)
-        flat = [d for docs in r.values() for d in docs]
+        # the reference path, given the run in trec_eval's order with no ties left for a provider to break
+        flat = [ScoredDoc(q, d.doc_id, -float(i)) for q, docs in r.items() for i, d in enumerate(sort_trec(docs))]
         alone = {(m.query_id, str(m.measure)): m.value
                  for m in ir_measures.iter_calc([ir_measures.parse_measure(x) for x in MEASURES], qrels, flat)}
         for qid, values in ours.per_query.items():
