@@ -385,3 +385,17 @@ def test_gzip_run_evaluates_like_the_plain_one(tmp_path: Path, data: Path) -> No
         assert out.returncode == 0, out.stdout + out.stderr
         metrics = json.loads(next(results.rglob("metrics.json")).read_text())
         assert round(metrics["first_stage"]["nDCG@10"], 4) == 0.5058
+
+
+def test_cli_refuses_a_fifo_as_first_stage_without_waiting(tmp_path: Path) -> None:
+    """A FIFO that nobody writes to would block an open() for ever: the CLI stats it and exits 2."""
+    fifo = tmp_path / "run.trec"
+    os.mkfifo(fifo)
+    out = subprocess.run([sys.executable, "-m", "harness", "eval", "--model", "none", "--task", "trec-dl-2019",
+                          "--first-stage", str(fifo), "--results", str(tmp_path / "results"), "--no-progress"],
+                         cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=120)
+    text = " ".join((out.stdout + out.stderr).split())
+    assert out.returncode == 2, text
+    assert "is not a regular file (a FIFO, socket or device); expected a run file" in text
+    assert "Traceback" not in text
+    assert not (tmp_path / "results").exists()

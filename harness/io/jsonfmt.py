@@ -130,7 +130,7 @@ def read_rankgpt(path: str | Path, *, notes: list[str] | None = None) -> Candida
                 if isinstance(value, bool) or not isinstance(value, (str, int)):
                     raise InputError(path, f"expected {name!r} to be a string or an integer, found {brief(value)}",
                                      key=f"{hkey}.{name}")
-                problem = id_problem(str(value), name)
+                problem = id_problem(str(value), "query id" if name == "qid" else "document id")
                 if problem:
                     raise InputError(path, problem, key=f"{hkey}.{name}")
             score = hit["score"]
