@@ -6,6 +6,12 @@ table's `defaults`, overridden by its column, its row, then the row's `cells` en
 stage, depth, measure, scale and tolerance. `build_table` reads each cell's bundle, evaluates the
 missing ones it can (unless told not to), and writes Markdown and LaTeX with published /
 reproduced / delta / OK, OKish or FAIL per cell, or "not run" with the reason.
+
+A cell's measure is an ir_measures string, or a cost (`harness.costs`: time, throughput, GPU
+memory from the bundle's execution record; size and parameters from the weights on disk). An
+aggregate cell (`aggregate: [column ids]`) averages the row's cells of those columns: its
+published value is checked against the mean of theirs (INCONSISTENT beyond rounding), and it is
+reproduced when all of them are.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import logging
 import os
 import re
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +29,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from harness import costs
 from harness.data import PROJECT_ROOT
 from harness.errors import ConfigError, DataNotFoundError, HarnessError, InputError
 from harness.pipeline import PipelineSpec, find_bundle, safe_name
@@ -30,7 +38,6 @@ from harness.tasks import validation_error
 log = logging.getLogger(__name__)
 
 TABLES_DIR = PROJECT_ROOT / "configs" / "tables"
-SECONDS_PER_QUERY = "seconds/query"  # wall time of the reranking stages per query (execution.json)
 
 
 class Tolerance(BaseModel):
@@ -55,6 +62,9 @@ class Conditions(BaseModel):
     scale: float | None = None
     tolerance: Tolerance | None = None
     unavailable: str | None = None  # why the harness cannot run this cell at all
+    # The column ids whose cells (in the same row) this cell averages. Never guessed from a label:
+    # "BEIR (Avg)" may cover datasets the table does not show.
+    aggregate: list[str] | None = Field(default=None, min_length=1)
 
 
 class Column(Conditions):
@@ -94,6 +104,15 @@ class TableSpec(BaseModel):
                     raise ValueError(f"row {row.label!r} names column {key!r}; the columns are {ids}")
             if row.model and row.pipeline:
                 raise ValueError(f"row {row.label!r} has both model and pipeline")
+        aggregates = {c.id for c in self.columns if c.aggregate}
+        levels = [(f"column {c.id!r}", c.id, c.aggregate) for c in self.columns]
+        levels += [(f"row {r.label!r}, column {k!r}", k, v.aggregate) for r in self.rows for k, v in r.cells.items()]
+        for where, own, covered in levels:
+            for key in covered or []:
+                if key not in ids:
+                    raise ValueError(f"{where} averages column {key!r}; the columns are {ids}")
+                if key == own or key in aggregates:
+                    raise ValueError(f"{where} averages column {key!r}, itself an aggregate")
         return self
 
 
@@ -104,9 +123,11 @@ class Cell:
     conditions: dict[str, Any]
     published: float | None
     reproduced: float | None = None
-    status: Literal["OK", "OKish", "FAIL", "not run", "no reference"] = "not run"
+    status: Literal["OK", "OKish", "FAIL", "INCONSISTENT", "not run", "no reference"] = "not run"
     reason: str = ""
     bundle: str | None = None
+    published_mean: float | None = None  # an aggregate: the mean of the published cells it covers
+    consistent: bool | None = None  # an aggregate: published == published_mean within rounding
 
     @property
     def delta(self) -> float | None:
@@ -177,8 +198,11 @@ def cells_of(spec: TableSpec) -> list[Cell]:
 
 
 def _gpu_available() -> bool:
-    if os.environ.get("HARNESS_ASSUME_GPU") == "1":
-        return True
+    """HARNESS_ASSUME_GPU=1 or 0 decides without asking torch (tests, and machines where CUDA is
+    visible but not to be used); otherwise torch says."""
+    assumed = os.environ.get("HARNESS_ASSUME_GPU")
+    if assumed in ("0", "1"):
+        return assumed == "1"
     try:
         import torch
     except ImportError:
@@ -186,7 +210,7 @@ def _gpu_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def _why_not_runnable(pipeline: PipelineSpec) -> str | None:
+def _why_not_runnable(pipeline: PipelineSpec, *, needs_gpu: bool = True) -> str | None:
     """No GPU for a model that needs one, weights not on this machine: the reasons, or None."""
     from harness.registry import load_model_config
     from harness.weights import missing_locally
@@ -197,7 +221,7 @@ def _why_not_runnable(pipeline: PipelineSpec) -> str | None:
             config = load_model_config(stage.model, stage.weights)
         except HarnessError as exc:
             return f"no usable model config {stage.model!r}: {exc}"
-        if config.gpu_memory_gb and not _gpu_available():
+        if needs_gpu and config.gpu_memory_gb and not _gpu_available():
             reasons.append(f"no GPU ({config.name} needs one with ~{config.gpu_memory_gb:g} GB)")
         absent = missing_locally(config.weights)
         if absent:
@@ -209,28 +233,17 @@ def _value(bundle_path: Path, measure: str) -> tuple[float | None, str]:
     from harness.bundle import read_bundle
 
     bundle = read_bundle(bundle_path)
-    if measure == SECONDS_PER_QUERY:
-        stages = bundle.execution.get("stages") or []
-        if not stages:
-            return None, "no reranking stage to time"
-        if any(s["computed"] < s["items"] for s in stages):
-            return None, "timing unusable: some outputs came from the cache (time it with a fresh cache)"
-        queries = bundle.metrics["queries"]["judged"]
-        # Model loading is paid once per run, not per query: it stays out of the figure.
-        return sum(_scoring_seconds(s) for s in stages) / queries, ""
+    if measure in costs.FROM_EXECUTION:
+        return costs.from_execution(bundle, measure)
     value = bundle.aggregate(measure)
     if value is None:
         return None, f"the bundle has no {measure}; re-run with --measures including it"
     return value, ""
 
 
-def _scoring_seconds(stage: dict[str, Any]) -> float:
-    split = stage.get("seconds_split") or {}
-    return float(stage["seconds"]) - split.get("build", 0.0) - split.get("load", 0.0)
-
-
-def fill(cell: Cell, results: Path, run_missing: bool) -> None:
-    """Find (or compute) a cell's reproduced value, or the reason it has none."""
+def fill(cell: Cell, results: Path, run_missing: bool, also: list[str] | None = None) -> None:
+    """Find (or compute) a cell's reproduced value, or the reason it has none. `also`: the other
+    measures the table asks of the same bundle, computed with it so that one run serves them all."""
     from harness.pipeline import run_pipeline
     from harness.tasks import load_task
 
@@ -242,19 +255,28 @@ def fill(cell: Cell, results: Path, run_missing: bool) -> None:
     if pipeline is None:
         cell.reason = "reference row: the harness has no config for this model"
         return
+    if cond.get("measure") in costs.FROM_WEIGHTS:
+        _fill_from_weights(cell, pipeline)
+        return
     if "task" not in cond or "measure" not in cond:
         raise ConfigError(f"table cell ({cell.row.label}, {cell.column.label}) names no task or measure")
     try:
-        load_task(cond["task"])
+        spec = load_task(cond["task"])
     except HarnessError as exc:
         cell.reason = f"task {cond['task']!r} is not available: {str(exc).splitlines()[0]}"
         return
+    first_stage = cond.get("first_stage")
+    if first_stage and first_stage not in spec.first_stages and not Path(first_stage).is_file():
+        cell.reason = (f"{spec.name} has no first stage {first_stage!r} in the harness "
+                       f"(it has: {', '.join(spec.first_stages)})")
+        return
     depth = cond.get("depth", 100)
-    timing = cond["measure"] == SECONDS_PER_QUERY
-    path = find_bundle(results, cond["task"], cond.get("first_stage"), depth, pipeline.name)
+    # Costs from the execution record are read only from a bundle whose outputs were all computed:
+    # re-run one that used the cache, with a fresh cache.
+    fresh_needed = cond["measure"] in costs.FROM_EXECUTION
+    path = find_bundle(results, cond["task"], first_stage, depth, pipeline.name)
     value, why = _value(path, cond["measure"]) if path else (None, "no result bundle yet (--no-run)")
-    # A time is read only from a bundle whose outputs were all computed: re-time one that used the cache.
-    if path is None or (timing and value is None):
+    if path is None or (value is None and _rerun_helps(path, cond["measure"])):
         blocker = _why_not_runnable(pipeline)
         if blocker:
             cell.reason = blocker
@@ -262,11 +284,12 @@ def fill(cell: Cell, results: Path, run_missing: bool) -> None:
         if not run_missing:
             cell.reason = why
             return
-        measures = _measures(cond["task"], "nDCG@10" if timing else cond["measure"])
+        quality = [m for m in [cond["measure"], *(also or [])] if not costs.is_cost(m)] or ["nDCG@10"]
+        measures = list(dict.fromkeys(m for q in quality for m in _measures(cond["task"], q)))
         try:
             with tempfile.TemporaryDirectory() as fresh:
-                cache = Path(fresh) / "cache.sqlite" if timing else None
-                outcome = run_pipeline(pipeline, cond["task"], first_stage=cond.get("first_stage"), depth=depth,
+                cache = Path(fresh) / "cache.sqlite" if fresh_needed else None
+                outcome = run_pipeline(pipeline, cond["task"], first_stage=first_stage, depth=depth,
                                        results=results, measures=measures, cache_path=cache)
         except DataNotFoundError as exc:
             cell.reason = _absent_data(str(exc))
@@ -281,7 +304,42 @@ def fill(cell: Cell, results: Path, run_missing: bool) -> None:
     if value is None:
         cell.reason = why
         return
-    cell.reproduced = value * cond.get("scale", 1.0) if cond["measure"] != SECONDS_PER_QUERY else value
+    cell.reproduced = value * cond.get("scale", 1.0)
+    _judge(cell)
+
+
+def _rerun_helps(path: Path, measure: str) -> bool:
+    """A bundle lacks a quality measure (computed with another table), or its costs are unusable
+    because outputs came from the cache; a missing GPU peak would stay missing."""
+    from harness.bundle import read_bundle
+
+    if not costs.is_cost(measure):
+        return True
+    return measure in costs.FROM_EXECUTION and costs.used_cache(read_bundle(path))
+
+
+def _fill_from_weights(cell: Cell, pipeline: PipelineSpec) -> None:
+    """A size or parameter count: the weights of the row's models on this machine (no GPU, no run)."""
+    from harness.registry import load_model_config
+    from harness.weights import resolve_weights
+
+    blocker = _why_not_runnable(pipeline, needs_gpu=False)
+    if blocker:
+        cell.reason = blocker
+        return
+    if not pipeline.stages:
+        cell.reason = "the first stage alone has no weights"
+        return
+    folders = []
+    for stage in pipeline.stages:
+        config = load_model_config(stage.model, stage.weights)
+        folders.append(Path(resolve_weights(config.weights, config.name).local_dir))
+    value, why = costs.from_weights(list(dict.fromkeys(folders)), cell.conditions["measure"])
+    if value is None:
+        cell.reason = why
+        return
+    cell.bundle = ", ".join(map(str, dict.fromkeys(folders)))
+    cell.reproduced = value * cell.conditions.get("scale", 1.0)
     _judge(cell)
 
 
@@ -313,11 +371,63 @@ def _judge(cell: Cell) -> None:
     cell.status = "OK" if size <= tol["ok"] + 1e-9 else "OKish" if size <= tol["okish"] + 1e-9 else "FAIL"
 
 
+def _decimals(value: float) -> int:
+    """Decimals of a published value as YAML gave it (74.50 reads 74.5: trailing zeros are lost)."""
+    text = f"{value!r}"
+    return 0 if "e" in text or "." not in text else len(text.split(".")[1].rstrip("0"))
+
+
+def check_aggregate(cell: Cell, row: Mapping[str, Cell]) -> None:
+    """An aggregate cell: the mean of the row's cells it names (`row`: the row's cells by column id).
+
+    Its published value is checked against the mean of their published values, allowing for
+    rounding: each value is taken to be rounded to the finest precision the row is written in
+    (10^-d), so the two may differ by half a unit from the cells' rounding and half from the
+    aggregate's, 10^-d in all. Beyond that the cell reads INCONSISTENT, whatever was reproduced.
+    """
+    covered = [row[key] for key in cell.conditions["aggregate"]]
+    published = [c.published for c in covered]
+    if cell.published is not None and all(p is not None for p in published):
+        values = [p for p in published if p is not None]
+        cell.published_mean = sum(values) / len(values)
+        allowance = 10.0 ** -max(_decimals(v) for v in [cell.published, *values])
+        cell.consistent = abs(cell.published - cell.published_mean) <= allowance + 1e-9
+    missing = [c.column.label for c in covered if c.reproduced is None]
+    if cell.conditions.get("unavailable"):
+        cell.reason = cell.conditions["unavailable"]
+    elif missing:
+        cell.reason = f"needs every cell it averages; not reproduced: {', '.join(missing)}"
+    else:
+        cell.reproduced = sum(c.reproduced for c in covered if c.reproduced is not None) / len(covered)
+        _judge(cell)
+    if cell.consistent is False:
+        cell.status = "INCONSISTENT"
+
+
+def _bundle_key(cell: Cell) -> tuple[Any, ...]:
+    pipeline = _pipeline(cell.row)
+    cond = cell.conditions
+    return (cond.get("task"), cond.get("first_stage"), cond.get("depth", 100), pipeline.name if pipeline else None)
+
+
 def build_table(spec: TableSpec, *, results: Path = Path("results"), run_missing: bool = True,
                 out: Path | None = None) -> BuiltTable:
     cells = cells_of(spec)
+    # Every measure the table asks of one bundle (a row's nDCG@10, nDCG@20 and MAP): a run made for
+    # one cell computes them all.
+    wanted: dict[tuple[Any, ...], list[str]] = {}
     for cell in cells:
-        fill(cell, results, run_missing)
+        if cell.conditions.get("measure") and not cell.conditions.get("aggregate"):
+            wanted.setdefault(_bundle_key(cell), []).append(cell.conditions["measure"])
+    for cell in cells:
+        if not cell.conditions.get("aggregate"):
+            fill(cell, results, run_missing, wanted.get(_bundle_key(cell)))
+    n = len(spec.columns)
+    for r in range(len(spec.rows)):
+        row = {c.column.id: c for c in cells[r * n : (r + 1) * n]}
+        for cell in row.values():
+            if cell.conditions.get("aggregate"):
+                check_aggregate(cell, row)
     built = BuiltTable(spec, cells)
     built.markdown = to_markdown(built)
     built.latex = to_latex(built)
@@ -344,8 +454,10 @@ def _signed(x: float, digits: int) -> str:
 
 def _cell_text(cell: Cell, digits: int, footnote: int | None) -> str:
     pub = _num(cell.published, digits)
-    if cell.status == "not run":
-        return f"{pub} / not run [{footnote}]"
+    if cell.status == "INCONSISTENT":
+        pub += f" (mean of its cells {_num(cell.published_mean, digits)})"
+    if cell.reproduced is None:
+        return f"{pub} / not run [{footnote}]" + (" INCONSISTENT" if cell.status == "INCONSISTENT" else "")
     rep = _num(cell.reproduced, digits)
     if cell.status == "no reference":
         return f"- / {rep}"
@@ -354,11 +466,11 @@ def _cell_text(cell: Cell, digits: int, footnote: int | None) -> str:
 
 
 def _footnotes(built: BuiltTable) -> tuple[dict[int, int], list[str]]:
-    """Footnote numbers for the not-run cells, one per distinct reason."""
+    """Footnote numbers for the cells without a reproduced value, one per distinct reason."""
     reasons: list[str] = []
     of_cell: dict[int, int] = {}
     for i, cell in enumerate(built.cells):
-        if cell.status != "not run":
+        if cell.reproduced is not None:
             continue
         if cell.reason not in reasons:
             reasons.append(cell.reason)
@@ -366,9 +478,29 @@ def _footnotes(built: BuiltTable) -> tuple[dict[int, int], list[str]]:
     return of_cell, reasons
 
 
+def _aggregate_lines(built: BuiltTable) -> list[str]:
+    """For each aggregate cell: which cells it averages, and whether its published value is their mean."""
+    spec, out = built.spec, []
+    labels = {c.id: c.label for c in spec.columns}
+    for cell in built.cells:
+        if not cell.conditions.get("aggregate"):
+            continue
+        line = (f"{cell.row.label}, {cell.column.label}: the mean of "
+                f"{', '.join(labels[k] for k in cell.conditions['aggregate'])}")
+        if cell.consistent is None:
+            line += "; not checked (no published aggregate, or a cell it averages has no published value)"
+        else:
+            mean, pub = _num(cell.published_mean, spec.digits + 2), _num(cell.published, spec.digits)
+            line += (f"; published {pub}, the mean of the published cells {mean}" if cell.consistent else
+                     f"; INCONSISTENT: the published {pub} is not the mean of the published cells it averages "
+                     f"({mean}), beyond rounding")
+        out.append(line)
+    return out
+
+
 def _summary(built: BuiltTable) -> str:
     counts = built.counts()
-    order = ["OK", "OKish", "FAIL", "no reference", "not run"]
+    order = ["OK", "OKish", "FAIL", "INCONSISTENT", "no reference", "not run"]
     return ", ".join(f"{counts[k]} {k}" for k in order if counts.get(k))
 
 
@@ -390,6 +522,13 @@ def to_markdown(built: BuiltTable) -> str:
         lines.append(f"- {note}")
     if spec.notes:
         lines.append("")
+    aggregates = _aggregate_lines(built)
+    if aggregates:
+        lines += ["Aggregates:", *(f"- {line}" for line in aggregates), ""]
+    used = list(dict.fromkeys(c.conditions["measure"] for c in built.cells
+                              if costs.is_cost(c.conditions.get("measure", "")) and not c.conditions.get("aggregate")))
+    if used:
+        lines += ["Cost cells measure:", *(f"- `{m}`: {costs.COST_MEASURES[m]}" for m in used), ""]
     lines += ["### Cells", "", "| row | column | model | task | first stage | depth | measure | tolerance (OK / OKish) "
               "| published | reproduced | delta | status | bundle or reason |", "|" + "---|" * 13]
     for cell in built.cells:
@@ -434,6 +573,9 @@ def to_latex(built: BuiltTable) -> str:
                f"{_summary(built)}.")
     if reasons:
         caption += " Not run: " + "; ".join(f"[{i}] {r}" for i, r in enumerate(reasons, start=1)) + "."
+    flagged = [line for line in _aggregate_lines(built) if "INCONSISTENT" in line]
+    if flagged:
+        caption += " " + "; ".join(flagged) + "."
     lines += [r"\caption{" + tex_escape(caption) + "}", r"\label{tab:" + safe_name(spec.name) + "}",
               r"\end{table}"]
     return "\n".join(lines) + "\n"
@@ -445,4 +587,11 @@ def as_json(built: BuiltTable) -> dict[str, Any]:
             "cells": [{"row": c.row.label, "column": c.column.id, "conditions": c.conditions,
                        "model": (p.name if (p := _pipeline(c.row)) else None), "published": c.published,
                        "reproduced": c.reproduced, "delta": c.delta, "status": c.status, "reason": c.reason,
-                       "bundle": c.bundle} for c in built.cells]}
+                       "bundle": c.bundle, "measured_as": costs.COST_MEASURES.get(c.conditions.get("measure", "")),
+                       "aggregate": _aggregate_json(c)} for c in built.cells]}
+
+
+def _aggregate_json(cell: Cell) -> dict[str, Any] | None:
+    if not cell.conditions.get("aggregate"):
+        return None
+    return {"of": cell.conditions["aggregate"], "published_mean": cell.published_mean, "consistent": cell.consistent}
