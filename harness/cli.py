@@ -67,7 +67,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     with _progress_factory(not args.no_progress and not args.dry_run) as progress:
         outcome = run_pipeline(pipeline, args.task, first_stage=args.first_stage, depth=args.depth,
                                results=args.results, measures=args.measures, progress=progress,
-                               dry_run=args.dry_run, baselines=args.baseline)
+                               dry_run=args.dry_run, baselines=args.baseline, allow_unmatched=args.allow_unmatched)
     if args.dry_run:
         _print_preflight(outcome)
         return 0
@@ -107,7 +107,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             outcome = run_pipeline(pipeline, task, first_stage=spec.first_stage, depth=spec.depth,
                                    results=args.results or Path(spec.results), measures=spec.measures,
                                    progress=progress, configs=configs[id(pipeline)] or None,
-                                   baselines=spec.baselines)
+                                   baselines=spec.baselines, allow_unmatched=spec.allow_unmatched)
             _print_outcome(outcome)
     return 0
 
@@ -181,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="render each stage's prompts and count tokens against the context; compute nothing")
     p.add_argument("--baseline", nargs="+", metavar="MODEL",
                    help="models evaluated already on this task/first stage/depth: mark the significance against them")
+    p.add_argument("--allow-unmatched", action="store_true",
+                   help="evaluate a first stage that matches no judged query or document (every measure 0) "
+                        "instead of stopping")
     _add_common(p)
     p.set_defaults(func=cmd_eval)
 

@@ -16,7 +16,7 @@ from operator import itemgetter
 
 import ir_measures
 
-from harness.errors import ConfigError
+from harness.errors import ConfigError, InputError
 from harness.io.text import gc_paused
 from harness.records import Qrel, Run
 
@@ -200,3 +200,31 @@ def judged_documents(qrels: list[Qrel]) -> Mapping[str, list[str]]:
     for q in qrels:
         out.setdefault(q.query_id, []).append(q.doc_id)
     return out
+
+
+def refuse_unmatched(run: Run, judged: Mapping[str, list[str]], *, task: str, label: str, path: str | None) -> None:
+    """Stop a run that matches nothing judged: none of its queries is in the qrels, or none of the
+    documents it ranks for them is. Such a run (ids with a prefix, another collection's query ids)
+    scores 0.0 on every measure, which reads as a result. One judged document is enough to pass.
+    `label` says what the run is ("the run", "first stage 'bm25'"); `path` is its file, if any.
+    """
+    queries = sorted(q for q in run if q in judged)
+    if queries:
+        judged_sets = {q: set(judged[q]) for q in queries}
+        if any(d.doc_id in judged_sets[q] for q in queries for d in run[q]):
+            return
+        documents = sum(len(run[q]) for q in queries)
+        problem = f"none of the {documents} documents it ranks for its {len(queries)} judged queries is judged"
+        example = next((q for q in queries if run[q]), None)
+        if example is not None:
+            problem += (f" (query {example!r}: run doc {run[example][0].doc_id!r} "
+                        f"vs qrels doc {judged[example][0]!r})")
+    else:
+        problem = (f"none of its {len(run)} queries is among the {len(judged)} judged queries "
+                   f"(run query {min(run, default='')!r} vs qrels query {min(judged, default='')!r})")
+    message = (f"{label} matches nothing judged in {task}'s qrels: {problem}, so every measure would "
+               "be 0. Check that the run and the qrels use the same ids, or pass --allow-unmatched "
+               "(allow_unmatched: true in a run config) to evaluate it anyway")
+    if path is not None:
+        raise InputError(path, message)
+    raise ConfigError(message)

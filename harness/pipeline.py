@@ -14,7 +14,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from harness.cache import Cache, stable_hash
 from harness.errors import ConfigError, HarnessError
-from harness.evaluate import PAIRED_ACCURACY, Evaluation, evaluate, judged_documents, paired_accuracy
+from harness.evaluate import (
+    PAIRED_ACCURACY,
+    Evaluation,
+    evaluate,
+    judged_documents,
+    paired_accuracy,
+    refuse_unmatched,
+)
 from harness.firststage import FirstStage, load_first_stage
 from harness.records import Document, Judgment, Run, ScoredDoc, sort_trec
 from harness.registry import build_reranker, load_model_config
@@ -155,9 +162,11 @@ def run_pipeline(
     configs: list[ModelConfig] | None = None,
     dry_run: bool = False,
     baselines: list[str] | None = None,
+    allow_unmatched: bool = False,
 ) -> Outcome:
     """Evaluate a pipeline on a task; `baselines` name pipelines whose bundles for the same task,
-    first stage and depth exist already: the reranked scores are tested against them."""
+    first stage and depth exist already: the reranked scores are tested against them. A first stage
+    that matches nothing judged stops the run unless `allow_unmatched`."""
     started = time.perf_counter()
     timings: dict[str, float] = {}
     lap = _stopwatch(timings)
@@ -174,6 +183,9 @@ def run_pipeline(
                               queries=data.queries, judged=judged)
     if stage0.files:
         data.files.update(stage0.files)
+    if not allow_unmatched:  # it would score 0.0 on every measure: stop before any model or bundle
+        label = f"first stage {stage0.name!r}" if stage0.name in spec.first_stages else "the run"
+        refuse_unmatched(stage0.run, judged, task=spec.name, label=label, path=next(iter(stage0.files), None))
     lap("first stage")
     names = measures or spec.measures
     references = _baselines(baselines or [], results, spec.name, stage0, pipeline.name)

@@ -24,6 +24,7 @@ class RunSpec(BaseModel):
     measures: list[str] | None = None
     results: str = "results"
     baselines: list[str] = []  # models of this run the others are tested against (they run first)
+    allow_unmatched: bool = False  # evaluate a first stage that matches nothing judged (every measure 0)
 
     @field_validator("models")
     @classmethod

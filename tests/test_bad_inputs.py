@@ -13,6 +13,7 @@ import logging
 import math
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -55,10 +56,18 @@ def read_run_counts(path: Path, notes: list[str]) -> dict[str, int]:
     return {"queries": len(run), "documents": sum(len(d) for d in run.values())}
 
 
+def dl19_pipeline(path: Path, notes: list[str]) -> dict[str, int]:
+    """What `eval --model none --task trec-dl-2019 --first-stage FILE` does with a run, up to its bundle."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = run_pipeline(PipelineSpec(name="none"), "trec-dl-2019", first_stage=str(path), results=Path(tmp))
+    return {"queries": len(out.first_stage.run)}
+
+
 READERS: dict[str, Callable[[Path, list[str]], object]] = {
     "run": read_run_counts,
     "any-run": lambda p, notes: read_any_run(p),
     "dl19-eval": dl19_eval,
+    "dl19-pipeline": dl19_pipeline,  # a run that matches nothing judged stops before any model or bundle
     "qrels": lambda p, notes: read_qrels(p, notes=notes),
     "topics": lambda p, notes: read_topics(p, notes=notes),
     "beir-queries": lambda p, notes: read_beir_queries(p, notes=notes),
@@ -218,7 +227,8 @@ def test_cli_run_refuses_bad_config_before_the_first_job(tmp_path: Path, bad: st
 def test_cli_counts_unknown_query_in_bundle(tmp_path: Path) -> None:
     results = tmp_path / "results"
     out, _ = harness_cli("eval", "--model", "none", "--task", "trec-dl-2019", "--first-stage",
-                         "tests/bad_inputs/run_unknown_query.trec", "--results", str(results), "--no-progress")
+                         "tests/bad_inputs/run_unknown_query.trec", "--results", str(results), "--no-progress",
+                         "--allow-unmatched")  # its judged query ranks hand-written, unjudged documents
     assert out.returncode == 0, out.stdout + out.stderr
     metrics = json.loads(next(results.rglob("metrics.json")).read_text())
     assert metrics["queries"]["unjudged_in_run"] == 1
@@ -232,7 +242,8 @@ def test_model_fallbacks_and_unknown_query_reach_the_bundle(tmp_path: Path, tiny
     config.write_text(yaml.safe_dump({"name": "tiny-ce", "type": "cross-encoder", "max_length": 128,
                                       "weights": {"path": str(tiny_cross_encoder)}}))
     out = run_pipeline(PipelineSpec.single(str(config)), "trec-dl-2019",
-                       first_stage=str(BAD / "candidates_unknown_query.json"), results=tmp_path / "results")
+                       first_stage=str(BAD / "candidates_unknown_query.json"), results=tmp_path / "results",
+                       allow_unmatched=True)  # hand-written documents, none judged
     assert out.bundle is not None
     metrics = json.loads((out.bundle / "metrics.json").read_text())
     assert metrics["fallbacks"] == {"tiny-ce:truncated-passage": 2}
