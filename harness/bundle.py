@@ -49,10 +49,15 @@ def _token_stats(judgments: list[Any]) -> dict[str, Any]:
 
 
 def write_bundle(outcome: Outcome, data: TaskData, results: Path) -> Path:
+    from harness.identity import check_replaceable
     from harness.pipeline import bundle_dir
 
     stage0 = outcome.first_stage
+    if outcome.identity is None:
+        raise ValueError("write_bundle needs the outcome's identity (run_pipeline computes it)")
     out = bundle_dir(results, outcome.task.name, stage0.name, stage0.depth, outcome.pipeline.name)
+    # Checked again here: another process may have finished a bundle of other content meanwhile.
+    check_replaceable(out, outcome.identity, [st.config.name for st in outcome.stages])
     out.mkdir(parents=True, exist_ok=True)
     # Rewriting a finished bundle: take its marker away first, so that a kill half way leaves a
     # bundle that reads as unfinished, never old metrics beside half-written new files.
@@ -68,6 +73,7 @@ def write_bundle(outcome: Outcome, data: TaskData, results: Path) -> Path:
         "pipeline": outcome.pipeline.name,
         "first_stage_name": stage0.name,
         "depth": stage0.depth,
+        "identity": outcome.identity,  # what decides this content: a bundle of other content never replaces it
         "first_stage": fs_eval.aggregate,
         "reranked": rr_eval.aggregate if rr_eval else None,
         "queries": {

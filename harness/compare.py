@@ -113,7 +113,7 @@ def find_or_run(model: str, task: str, first_stage: str | None, depth: int, resu
     from harness.pipeline import PipelineSpec, find_bundle, run_pipeline
 
     pipeline = PipelineSpec.single(model)
-    found = find_bundle(results, task, first_stage, depth, pipeline.name)
+    found = find_bundle(results, task, first_stage, depth, pipeline)  # of other content: StaleBundleError
     if found is not None:
         return read_bundle(found)
     if not run_missing:

@@ -32,6 +32,12 @@ class FirstStage:
     notes: list[str] = field(default_factory=list)  # e.g. a preferred first stage was unavailable
 
 
+def run_file_name(path: Path, sha256: str) -> str:
+    """A run file's first-stage name: its stem and checksum, so that a file called like a named first
+    stage (`bm25`), or an edited copy of one, never shares that stage's result folders."""
+    return f"{path.stem}-{sha256[:8]}"
+
+
 def cut(run: Run, depth: int) -> Run:
     return {qid: sort_trec(docs)[:depth] for qid, docs in run.items()}
 
@@ -97,8 +103,9 @@ def load_first_stage(
             )
         file_notes: list[str] = []  # a byte-order mark, CRLF line ends: accepted, and said in the bundle
         run, docs, qtexts = read_any_run(path, notes=file_notes)
-        return FirstStage(path.name, f"run file {path}", cut(run, depth), depth,
-                          {str(path): checksum(path)}, docs, qtexts, notes=file_notes)
+        digest = checksum(path)
+        return FirstStage(run_file_name(path, digest), f"run file {path}", cut(run, depth), depth,
+                          {str(path): digest}, docs, qtexts, notes=file_notes)
     names = [choice] if choice else task.default_first_stage
     notes: list[str] = []
     for i, name in enumerate(names):

@@ -55,8 +55,9 @@ class PipelineSpec(BaseModel):
     def single(cls, model: str | None, weights: str | None = None) -> PipelineSpec:
         if model in (None, "none"):
             return cls(name="none")
-        return cls(name=Path(model).stem if model.endswith((".yaml", ".yml")) else model,
-                   stages=[StageSpec(model=model, weights=weights)])
+        from harness.identity import model_folder_name
+
+        return cls(name=model_folder_name(model, weights), stages=[StageSpec(model=model, weights=weights)])
 
 
 @dataclass
@@ -84,6 +85,7 @@ class Outcome:
     seconds: float = 0.0
     preflight: list[Any] = field(default_factory=list)
     significance: dict[str, Any] | None = None  # against the first stage and the baselines
+    identity: dict[str, Any] | None = None  # what decides the bundle's content (harness.identity)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase of the run, in order
 
 
@@ -113,16 +115,52 @@ def bundle_dir(results: Path, task: str, first_stage: str, depth: int, pipeline:
     return path
 
 
-def find_bundle(results: Path, task: str, first_stage: str | None, depth: int, pipeline: str) -> Path | None:
+def find_bundle(results: Path, task: str, first_stage: str | None, depth: int,
+                pipeline: PipelineSpec) -> Path | None:
     """The finished bundle of a pipeline on a task, if any. Without a first stage, the task's defaults
-    are tried in order; a run file is named as `load_first_stage` names it (its file name)."""
+    are tried in order; a run file is named as `load_first_stage` names it (stem and checksum).
+
+    A bundle found by name whose recorded identity does not fit what can be told here (the first
+    stage's file checksums, each stage's model config and weights revision) raises StaleBundleError:
+    it is never read as this pipeline's result.
+    """
+    from harness.data import checksum, locate
+    from harness.firststage import run_file_name
+    from harness.identity import check_found, first_stage_spec, local_revision, model_identity
+
     spec = load_task(task)
     names = [first_stage] if first_stage else list(spec.default_first_stage)
     for name in names:
-        stage = name if name in spec.first_stages else Path(name).name
-        path = bundle_dir(results, task, stage, depth, pipeline)
-        if (path / "metrics.json").is_file():
-            return path
+        checksums: list[str] | None = None  # None: not known here, not compared
+        if name in spec.first_stages:
+            stage = name
+            present = [found for f in spec.first_stages[name].files if (found := locate(f)) is not None]
+            if present:
+                checksums = [checksum(present[0])]
+            elif spec.first_stages[name].kind != "file":
+                checksums = []
+        else:
+            run_file = Path(name)
+            if not run_file.is_file():
+                continue
+            checksums = [checksum(run_file)]
+            stage = run_file_name(run_file, checksums[0])
+        path = bundle_dir(results, task, stage, depth, pipeline.name)
+        if not (path / "metrics.json").is_file():
+            continue
+        asked: dict[str, Any] = {"first_stage": {"name": stage, "depth": depth, "checksums": checksums,
+                                                 "spec": first_stage_spec(spec, stage)}, "stages": []}
+        labels = []
+        for st in pipeline.stages:
+            try:
+                config = load_model_config(st.model, st.weights)
+            except HarnessError:
+                return path  # an unusable config: running it says why; nothing to compare against
+            labels.append(config.name)
+            asked["stages"].append({"depth": st.depth,
+                                    "model": model_identity(config, local_revision(config.weights, config.name))})
+        check_found(path, asked, labels)
+        return path
     return None
 
 
@@ -170,6 +208,9 @@ def run_pipeline(
     started = time.perf_counter()
     timings: dict[str, float] = {}
     lap = _stopwatch(timings)
+    from harness.identity import bundle_identity, check_replaceable, check_results_folder, model_identity
+
+    check_results_folder(results)
     spec = load_task(task_name)
     # Validate every model config before any data or compute is spent.
     configs = configs or [load_model_config(s.model, s.weights) for s in pipeline.stages]
@@ -186,12 +227,20 @@ def run_pipeline(
     if not allow_unmatched:  # it would score 0.0 on every measure: stop before any model or bundle
         label = f"first stage {stage0.name!r}" if stage0.name in spec.first_stages else "the run"
         refuse_unmatched(stage0.run, judged, task=spec.name, label=label, path=next(iter(stage0.files), None))
+    identity = None
+    if not dry_run:
+        # Known now, before any compute: a finished bundle of other content in this folder stops the run.
+        models = [(st.depth, model_identity(config, resolved.revision))
+                  for st, config, resolved in zip(pipeline.stages, configs, weights, strict=True)]
+        identity = bundle_identity(spec, data.files, stage0, models)
+        check_replaceable(bundle_dir(results, spec.name, stage0.name, stage0.depth, pipeline.name), identity,
+                          [c.name for c in configs])
     lap("first stage")
     names = measures or spec.measures
     references = _baselines(baselines or [], results, spec.name, stage0, pipeline.name)
     first_eval = _evaluate(stage0.run, data, names)
     lap("first-stage evaluation")
-    outcome = Outcome(spec, pipeline, stage0, first_eval, stage0.run, None, timings=timings)
+    outcome = Outcome(spec, pipeline, stage0, first_eval, stage0.run, None, timings=timings, identity=identity)
     if dry_run:
         outcome.preflight = _preflight(pipeline, configs, stage0, data)
         return outcome

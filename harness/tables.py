@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from harness import costs
 from harness.data import PROJECT_ROOT
 from harness.errors import ConfigError, DataNotFoundError, HarnessError, InputError
+from harness.identity import StaleBundleError
 from harness.pipeline import PipelineSpec, find_bundle, safe_name
 from harness.tasks import validation_error
 
@@ -274,7 +275,11 @@ def fill(cell: Cell, results: Path, run_missing: bool, also: list[str] | None = 
     # Costs from the execution record are read only from a bundle whose outputs were all computed:
     # re-run one that used the cache, with a fresh cache.
     fresh_needed = cond["measure"] in costs.FROM_EXECUTION
-    path = find_bundle(results, cond["task"], first_stage, depth, pipeline.name)
+    try:
+        path = find_bundle(results, cond["task"], first_stage, depth, pipeline)
+    except StaleBundleError as exc:  # of other content than this row's: never read as its value
+        cell.reason, cell.bundle = exc.reason, str(exc.folder)
+        return
     value, why = _value(path, cond["measure"]) if path else (None, "no result bundle yet (--no-run)")
     if path is None or (value is None and _rerun_helps(path, cond["measure"])):
         blocker = _why_not_runnable(pipeline)

@@ -28,6 +28,7 @@ from harness.evaluate import evaluate
 from harness.firststage import read_any_run
 from harness.io.jsonfmt import read_beir_corpus, read_beir_queries, read_mteb, read_rankgpt
 from harness.io.trec import read_qrels, read_run, read_topics
+from harness.identity import check_results_folder
 from harness.pipeline import PipelineSpec, run_pipeline
 from harness.registry import load_model_config
 from harness.rerankers.listwise import parse_ranking
@@ -80,6 +81,8 @@ READERS: dict[str, Callable[[Path, list[str]], object]] = {
     "weights-folder": lambda p, notes: load_model_config("minilm-l6", weights_path=str(p)),
     # a local copy of DL19's qrels checked against the sha256 the task pins (truncated, or another file)
     "pinned-dl19-qrels": lambda p, notes: verify(load_task("trec-dl-2019").qrels[0], p, "trec-dl-2019 qrels"),
+    # a path given as --results (or a run config's `results:`), checked before any work
+    "results-folder": lambda p, notes: check_results_folder(p),
 }
 
 

@@ -47,7 +47,8 @@ def test_cross_encoder_reranks_and_caches(tmp_path: Path, tiny_cross_encoder: Pa
     assert (second.bundle / "run.trec").read_bytes() == run1  # type: ignore[operator]
     assert (second.bundle / "metrics.json").read_bytes() == metrics1  # type: ignore[operator]
     # a different input template is a different cache key
-    other = tiny_ce_config(tmp_path, tiny_cross_encoder, query_template="query: {query}")
+    # (under another name: a config of other content never replaces the first one's bundle)
+    other = tiny_ce_config(tmp_path, tiny_cross_encoder, query_template="query: {query}").rename(tmp_path / "ce-q.yaml")
     third = run_pipeline(PipelineSpec.single(str(other)), "trec-dl-2019", depth=20, results=results)
     assert third.stages[0].stats.computed == 43 * 20
 
