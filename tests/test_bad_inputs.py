@@ -26,9 +26,9 @@ from harness.data import verify
 from harness.errors import ConfigError, HarnessError, InputError
 from harness.evaluate import evaluate
 from harness.firststage import read_any_run
+from harness.identity import check_results_folder
 from harness.io.jsonfmt import read_beir_corpus, read_beir_queries, read_mteb, read_rankgpt
 from harness.io.trec import read_qrels, read_run, read_topics
-from harness.identity import check_results_folder
 from harness.pipeline import PipelineSpec, run_pipeline
 from harness.registry import load_model_config
 from harness.rerankers.listwise import parse_ranking
