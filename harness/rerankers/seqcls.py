@@ -4,6 +4,7 @@ The input is a (query, document) text pair built from two templates and cut to `
 tokens; the score is the single logit (or the log-probability of `positive_label` when the head
 has several labels). A LoRA adapter (`weights` pointing at an adapter folder) is applied with
 peft onto the base its `adapter_config.json` names (or `base:`), merged by default.
+`backend: vllm` computes the same pairs on vLLM's pooling runner (`seqcls_vllm.py`).
 
 DeAR pointwise follows the authors' published usage (`tokenizer("query: q", "document: title text",
 max_length=228, truncation=True)`, one logit). Their evaluation script instead builds the ids by
@@ -17,13 +18,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
 from harness.errors import require
 from harness.records import Document, Judgment
 from harness.rerankers.base import MIN_MAX_LENGTH, ModelConfig, PointwiseReranker, torch_device_and_dtype
 from harness.rerankers.hf import load_kwargs, load_model, place, resolve_base
-from harness.weights import Weights
+from harness.weights import ResolvedWeights, Weights
 
 
 class SeqClsConfig(ModelConfig):
@@ -36,6 +37,56 @@ class SeqClsConfig(ModelConfig):
     padding_side: Literal["left", "right"] | None = None  # None: the tokenizer's own
     base: Weights | None = None  # the base of a LoRA adapter, when its adapter_config should not decide
     merge_lora: bool = True
+    # `vllm`: vLLM's pooling runner (seqcls_vllm.py); the settings below are for it alone
+    backend: Literal["transformers", "vllm"] = "transformers"
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    enforce_eager: bool = False
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    max_num_seqs: int | None = Field(default=None, ge=1)
+
+    @field_validator("backend")
+    @classmethod
+    def _vllm_can_run_it(cls, value: str, info: ValidationInfo) -> str:
+        if value != "vllm":
+            return value
+        if info.data.get("merge_lora") is False:
+            raise ValueError("vllm runs LoRA adapters merged: set merge_lora: true, or backend: transformers")
+        quantization = info.data.get("quantization")
+        if quantization is not None and not isinstance(quantization, str):
+            raise ValueError(f"quantizing on load ({quantization.method}) needs backend: transformers; "
+                             "vLLM takes checkpoints quantized already (quantization: awq)")
+        return value
+
+
+# Settings of the vLLM backend: absent from the transformers backend's cache key, which they cannot change.
+VLLM_SETTINGS = ("backend", "gpu_memory_utilization", "enforce_eager", "tensor_parallel_size", "max_num_seqs")
+
+
+def build_cross_encoder(config: SeqClsConfig, weights: ResolvedWeights | None = None) -> PointwiseReranker:
+    """The reranker of a `cross-encoder` config, on the backend it names."""
+    if config.backend == "vllm":
+        from harness.rerankers.seqcls_vllm import VllmSequenceClassifier
+
+        return VllmSequenceClassifier(config, weights)
+    return SequenceClassifier(config, weights)
+
+
+def tokenizer_dir(weights: ResolvedWeights, base: ResolvedWeights | None) -> str:
+    """An adapter folder may lack a tokenizer: the base's is the one it was trained with."""
+    if base is not None and not (Path(weights.local_dir) / "tokenizer_config.json").is_file():
+        return base.local_dir
+    return weights.local_dir
+
+
+def pair_text(config: SeqClsConfig, query: str, doc: Document) -> list[str]:
+    """The (query, document) texts of a pair, from the config's templates; both backends key on it."""
+    d = config.document_template.format(title=doc.title, text=doc.text).strip()
+    return [config.query_template.format(query=query), d]
+
+
+def seqcls_judgment(score: float, truncated: bool) -> Judgment:
+    return Judgment("", "", score, {"truncated": True} if truncated else {},
+                    "truncated-passage" if truncated else None)
 
 
 class SequenceClassifier(PointwiseReranker):
@@ -47,12 +98,8 @@ class SequenceClassifier(PointwiseReranker):
         transformers = require("transformers", "models", "the cross-encoder family")
         device, dtype = torch_device_and_dtype(config)
         self.base = resolve_base(self.weights, config.base, config.name)
-        # An adapter folder may lack a tokenizer: the base's is the one it was trained with.
-        tok_dir = self.weights.local_dir
-        if self.base is not None and not (Path(tok_dir) / "tokenizer_config.json").is_file():
-            tok_dir = self.base.local_dir
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(  # type: ignore[attr-defined]
-            tok_dir, trust_remote_code=config.trust_remote_code)
+            tokenizer_dir(self.weights, self.base), trust_remote_code=config.trust_remote_code)
         if self.tokenizer.pad_token is None:
             # Llama-family tokenizers ship without a pad token; padding with EOS is the usual
             # choice (and the one DeAR and RankLLaMA were trained with).
@@ -77,10 +124,13 @@ class SequenceClassifier(PointwiseReranker):
             info["base"] = {"source": self.base.source, "revision": self.base.revision}
         return info
 
+    def fingerprint(self) -> dict[str, Any]:
+        fp = super().fingerprint()
+        fp["config"] = {k: v for k, v in fp["config"].items() if k not in VLLM_SETTINGS}
+        return fp
+
     def pair_input(self, query: str, doc: Document) -> Any:
-        q = self.config.query_template.format(query=query)
-        d = self.config.document_template.format(title=doc.title, text=doc.text).strip()
-        return [q, d]
+        return pair_text(self.config, query, doc)
 
     def score_pairs(self, inputs: list[Any]) -> list[Judgment]:
         import torch
@@ -104,9 +154,4 @@ class SequenceClassifier(PointwiseReranker):
                     values = torch.log_softmax(logits, dim=-1)[:, cfg.positive_label]
                 for i, v in zip(idx, values.cpu().tolist(), strict=True):
                     scores[i] = float(v)
-        out = []
-        for i, s in enumerate(scores):
-            truncated = full_lengths[i] > cfg.max_length
-            out.append(Judgment("", "", s, {"truncated": True} if truncated else {},
-                                "truncated-passage" if truncated else None))
-        return out
+        return [seqcls_judgment(s, full_lengths[i] > cfg.max_length) for i, s in enumerate(scores)]
