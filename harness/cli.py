@@ -114,8 +114,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from harness.compare import compare, resolve_side, summary, write_report
+    from harness.identity import check_results_folder
     from harness.pipeline import safe_name
 
+    check_results_folder(args.out or args.results)  # the report is written there, even with --no-run
     sides = [resolve_side(s, args.task or [], first_stage=args.first_stage, depth=args.depth, results=args.results,
                           run_missing=not args.no_run) for s in (args.a, args.b)]
     labels = (_side_label(args.a, sides[0]), _side_label(args.b, sides[1]))
@@ -138,8 +140,10 @@ def _side_label(spec: str, bundles: dict) -> str:  # type: ignore[type-arg]
 
 
 def cmd_tables(args: argparse.Namespace) -> int:
+    from harness.identity import check_results_folder
     from harness.tables import available_tables, build_table, load_table
 
+    check_results_folder(args.out or args.results)  # the tables are written there, even with --no-run
     names = args.names or available_tables()
     console = _console()
     if args.list:

@@ -167,6 +167,11 @@ def test_a_results_path_that_is_a_file_stops_before_any_work(tmp_path: Path) -> 
     said = out.stdout + out.stderr
     assert out.returncode == 2, said
     assert "Traceback" not in said and "results.txt" in said and "expected a folder" in said
+    # tables writes its files there even when it evaluates nothing
+    out = subprocess.run([sys.executable, "-m", "harness", "tables", "dear-dl", "--no-run", "--results", str(a_file)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "400"})
+    said = out.stdout + out.stderr
+    assert out.returncode == 2 and "Traceback" not in said and "expected a folder" in said, said
     # under a file: it cannot be created (tests run as root, so permissions cannot make it unwritable)
     for bad in (a_file, a_file / "sub"):
         with pytest.raises(HarnessError) as err:
