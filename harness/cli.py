@@ -1,4 +1,4 @@
-"""Command line: `python -m harness eval|run|tasks|models`."""
+"""Command line: `python -m harness eval|run|compare|tables|tasks|models|cache recover`."""
 
 from __future__ import annotations
 
@@ -158,6 +158,23 @@ def cmd_tables(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache_recover(args: argparse.Namespace) -> int:
+    from harness.cache_recovery import recover
+
+    done = recover(args.file)
+    console = _console()
+    console.print(f"copied {done.rows} rows of {done.source} into {done.target} ({done.from_pages} of them found "
+                  f"by reading its pages: the table no longer reached them); {done.source} is unchanged. To use "
+                  "the copy as the cache, move the damaged file (and its -wal and -shm files, if any) aside and "
+                  "the copy in its place:",
+                  markup=False, soft_wrap=True)
+    for side in ("", "-wal", "-shm"):
+        if done.source.with_name(done.source.name + side).exists():
+            console.print(f"  mv {done.source}{side} {done.source}.damaged{side}", markup=False, soft_wrap=True)
+    console.print(f"  mv {done.target} {done.source}", markup=False, soft_wrap=True)
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from harness.registry import available_models
     from harness.tasks import available_tasks
@@ -219,6 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", type=Path, default=None)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("cache", help="work on a results folder's cache file")
+    cache_sub = p.add_subparsers(dest="cache_command", required=True)
+    p = cache_sub.add_parser("recover", help="copy the readable rows of a damaged cache into a new file beside it")
+    p.add_argument("file", type=Path, help="the cache file, e.g. results/cache.sqlite")
+    p.set_defaults(func=cmd_cache_recover)
 
     for name in ("tasks", "models"):
         p = sub.add_parser(name, help=f"list the known {name}")
