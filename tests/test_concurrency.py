@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -130,3 +132,132 @@ def test_two_evals_share_one_cache(tmp_path: Path, tiny_cross_encoder: Path) -> 
     for value in rows.values():
         entry = json.loads(value)
         assert set(entry) == {"score", "extra", "fallback"} and isinstance(entry["score"], float)
+
+
+# --- leases: processes that share a results folder compute each item once ------------------------------
+
+# `python -m harness eval ...` behind a gate: the slow imports come first, so that two processes
+# released together start their work together (else one may finish before the other has begun).
+EVAL_AT_GATE = r"""
+import os, sys, time
+import torch, transformers  # noqa: F401
+import harness.cli, harness.pipeline, harness.rerankers.seqcls  # noqa: F401
+print("ready", flush=True)
+while not os.path.exists(sys.argv[1]):
+    time.sleep(0.001)
+sys.exit(harness.cli.main(sys.argv[2:]))
+"""
+
+
+def _tiny_config(tmp_path: Path, name: str, weights: Path, cache_every: int = 10) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"name": name, "type": "cross-encoder", "weights": {"path": str(weights)},
+                                    "max_length": 128, "batch_size": 8, "cache_every": cache_every}))
+    return path
+
+
+def _eval_args(config: Path, results: Path, depth: int) -> list[str]:
+    return ["eval", "--model", str(config), "--task", "trec-dl-2019", "--depth", str(depth), "--results",
+            str(results), "--no-progress"]
+
+
+def _calls(log: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def _stage(bundle: Path) -> dict[str, Any]:
+    return dict(json.loads((bundle / "execution.json").read_text())["stages"][0])
+
+
+def test_two_runs_of_the_same_work_compute_each_item_once(tmp_path: Path, tiny_cross_encoder: Path) -> None:
+    """Two evaluations of the same work at once on one results folder (two names for one model: the
+    name is not part of the cache key, and each gets its own bundle): every item is computed once in
+    all, both take part, and the two bundles hold the same numbers."""
+    depth, results, calls, gate = 20, tmp_path / "results", tmp_path / "calls.jsonl", tmp_path / "go"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HARNESS_CALL_LOG": str(calls)}
+    procs = [subprocess.Popen([sys.executable, "-c", EVAL_AT_GATE, str(gate),
+                               *_eval_args(_tiny_config(tmp_path, name, tiny_cross_encoder), results, depth)],
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for name in ("tiny-a", "tiny-b")]
+    for proc in procs:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    gate.touch()
+    for proc in procs:
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, out[-3000:]
+
+    lines = _calls(calls)
+    keys = [k for line in lines for k in line["keys"]]
+    assert len(keys) == len(set(keys)) == 43 * depth  # each item computed once, by one of the two
+    assert {line["pid"] for line in lines} == {p.pid for p in procs}  # both computed a share
+    bundles = [results / "trec-dl-2019" / f"bm25.top{depth}" / name for name in ("tiny-a", "tiny-b")]
+    stages = [_stage(b) for b in bundles]
+    assert sum(int(s["computed"]) for s in stages) == 43 * depth
+    for stage in stages:
+        assert int(stage["computed"]) + int(stage["from_cache"]) == 43 * depth
+
+    def named(bundle: Path, file: str) -> str:
+        return (bundle / file).read_text().replace(bundle.name, "NAME")
+
+    for file in ("run.trec", "judgments.jsonl", "per_query.tsv"):
+        assert named(bundles[0], file) == named(bundles[1], file), file
+    metrics = [json.loads((b / "metrics.json").read_text()) for b in bundles]
+    assert metrics[0]["reranked"] == metrics[1]["reranked"]
+
+
+def _stop_holding_leases(proc: subprocess.Popen[bytes], cache: Path, calls: Path) -> list[str]:
+    """SIGSTOP `proc` once it has computed two batches, at a moment it holds leases outside a
+    transaction (so that it holds no SQLite lock); the keys it holds."""
+    deadline = time.monotonic() + 300
+    while len([line for line in _calls(calls) if line["pid"] == proc.pid]) < 2:
+        assert proc.poll() is None, "the run ended before it computed two batches"
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    while True:
+        assert proc.poll() is None, "the run ended before it was caught holding leases"
+        assert time.monotonic() < deadline
+        os.kill(proc.pid, signal.SIGSTOP)
+        db = sqlite3.connect(cache, timeout=0, isolation_level=None)
+        try:
+            db.execute("BEGIN IMMEDIATE")  # fails while the stopped process is inside a transaction
+            held = [k for k, owner in db.execute("SELECT key, owner FROM leases") if f"|{proc.pid}|" in owner]
+            db.execute("ROLLBACK")
+        except sqlite3.OperationalError:
+            held = []
+        finally:
+            db.close()
+        if held:
+            return held
+        os.kill(proc.pid, signal.SIGCONT)
+        time.sleep(0.005)
+
+
+def test_a_stalled_runs_leases_run_out_and_are_taken_over(tmp_path: Path, tiny_cross_encoder: Path) -> None:
+    """A run stopped (SIGSTOP) while it holds leases renews them no more: a second run takes them over
+    once they run out and finishes; the stalled run, continued, finishes too, and the bundle it
+    rewrites is the same. (A run SIGKILLed holding leases blocks no one even before they run out: its
+    owner is a dead process of this machine; tests/test_resume.py kills and restarts runs, and
+    tests/test_cache.py checks such leases directly.)"""
+    depth, results, calls = 10, tmp_path / "results", tmp_path / "calls.jsonl"
+    config = _tiny_config(tmp_path, "tiny-ce", tiny_cross_encoder)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HARNESS_CALL_LOG": str(calls),
+           "HARNESS_LEASE_SECONDS": "3"}
+    stalled = subprocess.Popen([sys.executable, "-m", "harness", *_eval_args(config, results, depth)], cwd=ROOT,
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        held = _stop_holding_leases(stalled, results / "cache.sqlite", calls)
+        second = subprocess.run([sys.executable, "-m", "harness", *_eval_args(config, results, depth)], cwd=ROOT,
+                                env=env, capture_output=True, text=True, timeout=600)
+        assert second.returncode == 0, (second.stdout + second.stderr)[-3000:]
+        bundle = results / "trec-dl-2019" / f"bm25.top{depth}" / "tiny-ce"
+        run = (bundle / "run.trec").read_bytes()
+        lines = _calls(calls)
+        taken = {k for line in lines if line["pid"] != stalled.pid for k in line["keys"]}
+        assert set(held) <= taken
+        assert len(_all_rows(results / "cache.sqlite")) == 43 * depth
+    finally:
+        if stalled.poll() is None:
+            os.kill(stalled.pid, signal.SIGCONT)
+    out, _ = stalled.communicate(timeout=300)
+    assert stalled.returncode == 0, out.decode()[-3000:]
+    assert (bundle / "run.trec").read_bytes() == run

@@ -3,7 +3,7 @@
 A reranker receives all the requests of a stage at once and owns sorting, batching and caching.
 Pointwise families only write `pair_input` and `score_pairs`; `PointwiseReranker.rerank` does the
 rest (cache look-up, loading the model only when something is left to compute, committing finished
-batches, counting what was computed).
+batches, sharing the work with other processes on the same cache, counting what was computed).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from harness.cache import Cache, stable_hash
+from harness.cache import Cache, compute_once, stable_hash
 from harness.errors import ConfigError
 from harness.records import Document, Judgment
 from harness.weights import ResolvedWeights, Weights, resolve_weights
@@ -210,46 +210,54 @@ class PointwiseReranker:
         stats = RerankStats(items=len(flat))
         clock = time.perf_counter()
         known = cache.get_many({k for *_, k in flat})
-        cache_seconds = time.perf_counter() - clock
-        stats.from_cache = sum(1 for *_, k in flat if k in known)
-        if progress and stats.from_cache:
-            progress(stats.from_cache)
+        multiplicity = Counter(k for *_, k in flat)
+        if progress and known:
+            progress(sum(multiplicity[k] for k in known))
         todo: dict[str, Any] = {}
         for _, _, item, key in flat:
             if key not in known and key not in todo:
                 todo[key] = item
-        keys = list(todo)
-        multiplicity = Counter(k for *_, k in flat)
-        step = max(1, self.config.cache_every)
-        load_seconds = model_seconds = 0.0
-        if keys:
-            clock = time.perf_counter()
-            self.load()
-            load_seconds = time.perf_counter() - clock
-        # The chunks are cut from the same key order on every run; commits are whole chunks, so a
-        # resumed run scores exactly the batches an uninterrupted one would (same padding, same bits).
-        for start in range(0, len(keys), step):
-            chunk = keys[start : start + step]
-            clock = time.perf_counter()
+        computed: set[str] = set()
+        seconds = {"load": 0.0, "model": 0.0}
+
+        def compute(chunk: list[str]) -> None:
+            if not computed:  # the model is loaded only once something is left to compute here
+                started = time.perf_counter()
+                self.load()
+                seconds["load"] += time.perf_counter() - started
+            started = time.perf_counter()
             judged = self.score_pairs([todo[k] for k in chunk])
-            model_seconds += time.perf_counter() - clock
+            seconds["model"] += time.perf_counter() - started
             self.calls += len(chunk)
             log_calls(fp, chunk)
             entries = {k: {"score": j.score, "extra": j.extra, "fallback": j.fallback}
                        for k, j in zip(chunk, judged, strict=True)}
-            clock = time.perf_counter()
             cache.put_many(fp, entries)
-            cache_seconds += time.perf_counter() - clock
             known.update(entries)
+            computed.update(chunk)
             if progress:
                 progress(sum(multiplicity[k] for k in chunk))
-        stats.computed = len(keys)
-        stats.seconds = {"load": load_seconds, "model": model_seconds, "cache": cache_seconds}
+
+        def arrived(found: dict[str, Any]) -> None:  # computed meanwhile by another process
+            known.update(found)
+            if progress:
+                progress(sum(multiplicity[k] for k in found))
+
+        # Chunks of `cache_every` cut from the same key order on every run, each committed whole: a
+        # resumed run scores exactly the batches an uninterrupted one would (same padding, same bits).
+        # Keys another process is computing are waited for instead (compute_once).
+        waited = compute_once(cache, list(todo), self.config.cache_every, compute, arrived)
+        total = time.perf_counter() - clock
+        stats.computed = len(computed)
+        stats.from_cache = sum(1 for *_, k in flat if k not in computed)
+        stats.seconds = {**seconds, "cache": total - seconds["load"] - seconds["model"] - waited}
+        if waited:
+            stats.seconds["wait"] = waited
         out: list[list[Judgment]] = [[] for _ in requests]
         for r, doc, _, key in flat:
             value = known[key]
             j = Judgment(requests[r].query_id, doc.doc_id, float(value["score"]), dict(value["extra"]),
-                         value["fallback"], cached=key not in todo)
+                         value["fallback"], cached=key not in computed)
             if j.fallback:
                 stats.fallbacks[j.fallback] = stats.fallbacks.get(j.fallback, 0) + 1
             out[r].append(j)

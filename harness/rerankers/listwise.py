@@ -39,10 +39,17 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from harness.cache import Cache, stable_hash
+from harness.cache import Cache, compute_once, stable_hash
 from harness.errors import ConfigError, require
 from harness.records import Document, Judgment
-from harness.rerankers.base import ModelConfig, Progress, RerankRequest, RerankStats, torch_device_and_dtype
+from harness.rerankers.base import (
+    ModelConfig,
+    Progress,
+    RerankRequest,
+    RerankStats,
+    log_calls,
+    torch_device_and_dtype,
+)
 from harness.rerankers.hf import adapter_base, load_kwargs, load_model, place, resolve_base
 from harness.weights import ResolvedWeights, Weights, resolve_weights
 
@@ -383,16 +390,22 @@ class ListwiseReranker:
                 prompts[q] = (prompt, Cache.key(fp, prompt))
             known = cache.get_many({k for _, k in prompts.values()})
             todo = {k: p for p, k in prompts.values() if k not in known}
-            stats.items += len(active)
-            stats.from_cache += sum(1 for _, k in prompts.values() if k in known)
-            stats.computed += len(todo)
-            keys = list(todo)
-            chunk = max(1, cfg.batch_size)
-            for at in range(0, len(keys), chunk):
-                part = keys[at : at + chunk]
+            computed: set[str] = set()
+
+            def compute(part: list[str], todo: dict[str, str] = todo, known: dict[str, Any] = known,
+                        computed: set[str] = computed) -> None:
                 entries = dict(zip(part, self.generate([todo[k] for k in part]), strict=True))
+                log_calls(fp, part)
                 cache.put_many(fp, entries)
                 known.update(entries)
+                computed.update(part)
+
+            # A round's windows need every output of the round before: those another process is
+            # generating are waited for (compute_once), then the round goes on.
+            compute_once(cache, list(todo), cfg.batch_size, compute, known.update)
+            stats.items += len(active)
+            stats.from_cache += sum(1 for _, k in prompts.values() if k not in computed)
+            stats.computed += len(computed)
             for q in active:
                 start, end = spans[q][rnd]
                 key = prompts[q][1]
@@ -408,7 +421,7 @@ class ListwiseReranker:
                 records[q].append({"span": [start, end], "input": window_ids, "output": value["text"],
                                    "order": [k + 1 for k in parsed.order], "counts": counts,
                                    "finish": value["finish"], "prompt_tokens": value["prompt_tokens"],
-                                   "new_tokens": value["new_tokens"], "cached": key not in todo})
+                                   "new_tokens": value["new_tokens"], "cached": key not in computed})
                 if progress and rnd == len(spans[q]) - 1:
                     progress(len(requests[q].candidates))
         out: list[list[Judgment]] = []
