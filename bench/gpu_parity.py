@@ -7,6 +7,7 @@ scored on the CPU in float32 and on the GPU in float32 and bfloat16, over the sa
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 from pathlib import Path
 
@@ -21,9 +22,11 @@ from harness.rerankers.base import RerankRequest
 
 
 def main() -> None:
-    assert torch.cuda.is_available(), "this benchmark needs CUDA"
+    if not torch.cuda.is_available():
+        sys.exit("could not run: this benchmark needs CUDA, and torch sees no GPU")
     mirror = mirror_dir()
-    assert mirror is not None
+    if mirror is None:
+        sys.exit("could not run: the data mirror is missing: set HARNESS_DATA_MIRROR")
     entries = json.loads((mirror / "msmarco-passage/trec-dl-2019/bm25.top100.json").read_text())
     texts = [e["query"] for e in entries] + [h["content"] for e in entries for h in e["hits"][:30]]
     requests = [RerankRequest(str(i), e["query"], [Document(str(h["docid"]), h["content"]) for h in e["hits"][:20]])

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -35,7 +36,8 @@ def texts() -> list[str]:
     from harness.data import mirror_dir
 
     mirror = mirror_dir()
-    assert mirror is not None, "set HARNESS_DATA_MIRROR"
+    if mirror is None:
+        sys.exit("could not run: the data mirror is missing: set HARNESS_DATA_MIRROR")
     entries = json.loads((mirror / "msmarco-passage/trec-dl-2019/bm25.top100.json").read_text())
     return [e["query"] for e in entries] + [h["content"] for e in entries for h in e["hits"][:40]]
 
@@ -79,7 +81,8 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/gpu-real-size"))
     parser.add_argument("--results", type=Path, default=Path("results/gpu-real-size"))
     args = parser.parse_args()
-    assert torch.cuda.is_available(), "this benchmark needs CUDA"
+    if not torch.cuda.is_available():
+        sys.exit("could not run: this benchmark needs CUDA, and torch sees no GPU")
     print(f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}")
     rows = []
     for name in args.models:

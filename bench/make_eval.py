@@ -15,6 +15,9 @@ against the cold run, and the bi-encoder's docs/s against a plain sentence-trans
    and, for reference, the loop fed fixed-order unsorted batches (no length sorting at all).
 
 `--queries N` runs the first N queries only (through a RankGPT JSON first stage with those queries).
+
+Each figure is printed with its goal and whether it met it; the script exits 0 whenever it measured
+(a benchmark reports, it does not gate), non-zero only when it could not run (no data, a failed run).
 """
 
 from __future__ import annotations
@@ -34,6 +37,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 MODEL, TASK = "minilm-l6", "trec-dl-2019"
 WARM_GOAL, SPEED_GOAL = 0.05, 1.0
+
+
+def met(ok: bool) -> str:
+    return "met" if ok else "NOT met"  # reported, not enforced: a busy machine misses a goal
 
 
 def job_entries(queries: int) -> list[dict[str, Any]]:
@@ -114,7 +121,8 @@ def speed(entries: list[dict[str, Any]], repeat: int, tmp: Path) -> None:
     def harness() -> None:
         with Cache(tmp / f"speed-{next(runs)}.sqlite") as cache:
             _, stats = reranker.rerank(requests, cache)
-        assert stats.computed == len(passages)
+        if stats.computed != len(passages):
+            sys.exit(f"could not measure: the harness computed {stats.computed} of {len(passages)} pairs")
 
     def plain() -> None:
         q = model.encode(queries, batch_size=batch, convert_to_tensor=True)
@@ -143,7 +151,8 @@ def speed(entries: list[dict[str, Any]], repeat: int, tmp: Path) -> None:
         print(f"  {labels[name]:50s} " + " ".join(f"{v:7.2f}" for v in values) + f"   {n / med:6.1f} docs/s")
     ratio = statistics.median(times["plain"]) / statistics.median(times["harness"])
     naive_ratio = statistics.median(times["naive"]) / statistics.median(times["harness"])
-    print(f"bi-encoder docs/s, harness / plain sentence-transformers loop: {ratio:.2f} (goal >= {SPEED_GOAL})")
+    print(f"bi-encoder docs/s, harness / plain sentence-transformers loop: {ratio:.2f} (goal >= {SPEED_GOAL}: "
+          f"{met(ratio >= SPEED_GOAL)})")
     print(f"bi-encoder docs/s, harness / unsorted fixed-order batches: {naive_ratio:.2f}")
 
 
@@ -174,8 +183,8 @@ def main() -> None:
     stage = execution["stages"][0]
     print(f"warm rerun: {warm:.2f} s wall, {stage['computed']} computed, {stage['from_cache']} from cache")
     print_phases(warm, execution)
-    print(f"warm rerun / cold run: {warm / cold:.1%} (goal <= {WARM_GOAL:.0%}), model calls in the warm run: "
-          f"{stage['computed']} (goal 0)")
+    print(f"warm rerun / cold run: {warm / cold:.1%} (goal <= {WARM_GOAL:.0%}: {met(warm / cold <= WARM_GOAL)}), "
+          f"model calls in the warm run: {stage['computed']} (goal 0: {met(stage['computed'] == 0)})")
     if not args.skip_speed:
         speed(entries, args.repeat, tmp)
 

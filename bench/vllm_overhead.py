@@ -16,6 +16,9 @@ A random model finishes almost no chain, so nearly every pair takes both calls o
 untimed pass first warms the engine (and its prefix cache) for both; then the two alternate,
 `--repeat` times each, and the ratio of the medians is printed (and of the best times, steadier when
 other work shares the machine), with the harness's own time outside its `LLM.generate` calls.
+
+The figure is printed with its goal and whether it met it; the script exits 0 whenever it measured
+(a benchmark reports, it does not gate), non-zero only when it could not run (no data, no vLLM).
 """
 
 from __future__ import annotations
@@ -124,7 +127,8 @@ def main() -> None:
                 _, stats = reranker.rerank(requests, cache)
         finally:
             llm.generate = generate
-        assert stats.computed == len(prompts)
+        if stats.computed != len(prompts):
+            sys.exit(f"could not measure: the harness computed {stats.computed} of {len(prompts)} prompts")
         return stats.fallbacks.get("forced-answer", 0)
 
     def timed(fn: Any) -> tuple[float, int]:
@@ -164,7 +168,8 @@ def main() -> None:
         stats = pstats.Stats(profiler)
         stats.sort_stats("tottime").print_stats(15)
         stats.sort_stats("cumulative").print_stats("harness/", 20)
-    print(f"harness / raw LLM.generate: {ratio:.3f} (median of {args.repeat}; goal <= {GOAL})")
+    print(f"harness / raw LLM.generate: {ratio:.3f} (median of {args.repeat}; goal <= {GOAL}: "
+          f"{'met' if ratio <= GOAL else 'NOT met'})")  # reported, not enforced: a busy machine misses it
 
 
 def _vllm_version() -> str:
