@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
+from harness.cache import Cache
 from harness.data import verify
 from harness.errors import ConfigError, HarnessError, InputError
 from harness.evaluate import evaluate
@@ -83,6 +84,8 @@ READERS: dict[str, Callable[[Path, list[str]], object]] = {
     "pinned-dl19-qrels": lambda p, notes: verify(load_task("trec-dl-2019").qrels[0], p, "trec-dl-2019 qrels"),
     # a path given as --results (or a run config's `results:`), checked before any work
     "results-folder": lambda p, notes: check_results_folder(p),
+    # a results folder's cache file, opened as a run opens it
+    "cache": lambda p, notes: Cache(p).close(),
 }
 
 
