@@ -46,7 +46,7 @@ tables: $(VENV)/.installed
 # Benchmarks report, they do not gate: each prints its figures with their goals and whether they were
 # met, and exits non-zero only when it could not measure. Every one runs even when another could not;
 # the last line names those that could not (and `make bench` then fails).
-BENCHES ?= eval_million make_eval vllm_overhead
+BENCHES ?= eval_million make_eval vllm_overhead seqcls_backends
 bench: $(VENV)/.installed
 	@failed=""; \
 	for name in $(BENCHES); do \

