@@ -134,7 +134,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def _side_label(spec: str, bundles: dict) -> str:  # type: ignore[type-arg]
     if (Path(spec) / "metrics.json").is_file():
         b = next(iter(bundles.values()))
-        return f"{b.metrics['pipeline']}@{b.metrics['first_stage_name']}"
+        return f"{b.metrics.pipeline}@{b.metrics.first_stage_name}"
     model, at, stage = spec.partition("@")
     return (Path(model).stem if model.endswith((".yaml", ".yml")) else model) + at + stage
 

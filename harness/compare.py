@@ -22,7 +22,6 @@ from typing import Any
 from harness import stats
 from harness.bundle import Bundle, read_bundle
 from harness.errors import ConfigError, HarnessError
-from harness.evaluate import PAIRED_ACCURACY
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +97,7 @@ def resolve_side(spec: str, tasks: list[str], *, first_stage: str | None, depth:
     path = Path(spec)
     if (path / "metrics.json").is_file():
         bundle = read_bundle(path)
-        return {bundle.metrics["task"]: bundle}
+        return {bundle.metrics.task: bundle}
     if not tasks:
         raise ConfigError(f"{spec!r} is not a result bundle folder, so name the tasks to compare on (--task)")
     model, _, stage = spec.partition("@")
@@ -126,9 +125,8 @@ def find_or_run(model: str, task: str, first_stage: str | None, depth: int, resu
 
 
 def default_measure(bundle: Bundle) -> str:
-    """The task's headline measure: PairedAccuracy for NevIR, else the first measure (nDCG@10)."""
-    measures = bundle.measures()
-    return PAIRED_ACCURACY if PAIRED_ACCURACY in measures else measures[0]
+    """The task's headline measure: its first (PairedAccuracy on NevIR, nDCG@10 on DL and BEIR)."""
+    return bundle.metrics.headline
 
 
 def compare(a: dict[str, Bundle], b: dict[str, Bundle], *, labels: tuple[str, str], measure: str | None = None,
@@ -168,8 +166,8 @@ def _rankings(row: TaskComparison, ba: Bundle, bb: Bundle) -> None:
     """Kendall's tau between the two orders of each query's candidates (the top `depth` of both)."""
     ra, rb = ba.run, bb.run
     for qid in sorted(set(ra) & set(rb)):
-        sa = {d.doc_id: d.score for d in ra[qid][: ba.metrics["depth"]]}
-        sb = {d.doc_id: d.score for d in rb[qid][: bb.metrics["depth"]]}
+        sa = {d.doc_id: d.score for d in ra[qid][: ba.metrics.depth]}
+        sb = {d.doc_id: d.score for d in rb[qid][: bb.metrics.depth]}
         docs = sorted(set(sa) & set(sb))
         tau = stats.kendall_tau([sa[d] for d in docs], [sb[d] for d in docs])
         if math.isnan(tau):
@@ -189,8 +187,8 @@ def _judgments(row: TaskComparison, ba: Bundle, bb: Bundle) -> None:
         ra, rb = ba.run, bb.run
         xs, ys = [], []
         for qid in sorted(set(ra) & set(rb)):
-            sb = {d.doc_id: d.score for d in rb[qid][: bb.metrics["depth"]]}
-            for d in ra[qid][: ba.metrics["depth"]]:
+            sb = {d.doc_id: d.score for d in rb[qid][: bb.metrics.depth]}
+            for d in ra[qid][: ba.metrics.depth]:
                 if d.doc_id in sb:
                     xs.append(d.score)
                     ys.append(sb[d.doc_id])
@@ -208,21 +206,18 @@ def _judgments(row: TaskComparison, ba: Bundle, bb: Bundle) -> None:
 
 
 def _last_type(bundle: Bundle) -> str | None:
-    stages = bundle.metrics["stages"]
-    return stages[-1]["type"] if stages else None
+    stages = bundle.metrics.stages
+    return stages[-1].type if stages else None
 
 
 def _cost(bundle: Bundle) -> SideCost | None:
-    stages = bundle.execution.get("stages") or []
+    stages = bundle.execution.stages if bundle.execution else []
     if not stages:
         return None
-
-    def peak(key: str) -> float | None:
-        values = [s.get(key) for s in stages if s.get(key) is not None]
-        return max(values) if values else None
-
-    return SideCost(sum(s["items"] for s in stages), sum(s["computed"] for s in stages),
-                    sum(s["seconds"] for s in stages), peak("peak_rss_mb"), peak("peak_gpu_mb"))
+    rss = [s.peak_rss_mb for s in stages if s.peak_rss_mb is not None]
+    gpu = [s.peak_gpu_mb for s in stages if s.peak_gpu_mb is not None]
+    return SideCost(sum(s.items for s in stages), sum(s.computed for s in stages),
+                    sum(s.seconds for s in stages), max(rss) if rss else None, max(gpu) if gpu else None)
 
 
 # -- report ---------------------------------------------------------------------------------------

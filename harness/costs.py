@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import InputError
+from harness.schema import StageExecution
 
 SECONDS_PER_QUERY = "seconds/query"
 SECONDS_PER_100_DOCS = "seconds/100 docs"
@@ -52,21 +53,21 @@ def is_cost(measure: str) -> bool:
 
 def from_execution(bundle: Any, measure: str) -> tuple[float | None, str]:
     """The cost `measure` of a finished bundle (`harness.bundle.Bundle`), or None and why not."""
-    stages = bundle.execution.get("stages") or []
+    stages = bundle.execution.stages if bundle.execution else []
     if not stages:
         return None, "no reranking stage to measure"
     if used_cache(bundle):
         return None, "unusable: some outputs came from the cache (measure it with a fresh cache)"
     if measure == PEAK_GPU_GB:
-        peaks = [s.get("peak_gpu_mb") for s in stages]
+        peaks = [s.peak_gpu_mb for s in stages]
         if any(p is None for p in peaks):
-            which = ", ".join(s["model"] for s, p in zip(stages, peaks, strict=True) if p is None)
+            which = ", ".join(s.model for s, p in zip(stages, peaks, strict=True) if p is None)
             return None, f"no GPU peak in the execution record for {which} (ran without a GPU, or on vLLM)"
         return max(peaks) * 2**20 / 1e9, ""
     # Model loading is paid once per run, not per document: it stays out of every time.
     seconds = sum(_scoring_seconds(s) for s in stages)
     if measure == SECONDS_PER_QUERY:
-        return seconds / bundle.metrics["queries"]["judged"], ""
+        return seconds / bundle.metrics.queries.judged, ""
     docs = _documents_handed_over(bundle.path)
     if not docs or seconds <= 0:
         return None, "the bundle records no documents or no scoring time"
@@ -76,12 +77,12 @@ def from_execution(bundle: Any, measure: str) -> tuple[float | None, str]:
 
 
 def used_cache(bundle: Any) -> bool:
-    return any(s["computed"] < s["items"] for s in bundle.execution.get("stages") or [])
+    return any(s.computed < s.items for s in (bundle.execution.stages if bundle.execution else []))
 
 
-def _scoring_seconds(stage: dict[str, Any]) -> float:
-    split = stage.get("seconds_split") or {}
-    return float(stage["seconds"]) - split.get("build", 0.0) - split.get("load", 0.0)
+def _scoring_seconds(stage: StageExecution) -> float:
+    split = stage.seconds_split or {}
+    return stage.seconds - split.get("build", 0.0) - split.get("load", 0.0)
 
 
 def _documents_handed_over(bundle_path: Path) -> int:

@@ -2,8 +2,8 @@
 
 Tied scores are ordered as trec_eval orders them (document id descending) for every measure,
 whichever provider ir_measures picks. Queries of the qrels that a run lacks count as zero for every
-measure (as `trec_eval -c`) and are listed, never dropped. NevIR's paired accuracy is computed from
-the run and the task's pairs.
+measure (as `trec_eval -c`) and are listed, never dropped. Measures ir_measures lacks (NevIR's
+PairedAccuracy) come from `harness.measures`, per unit, in the same shape.
 """
 
 from __future__ import annotations
@@ -13,11 +13,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from itertools import compress, islice
 from operator import itemgetter
+from typing import Any
 
 import ir_measures
 
 from harness.errors import ConfigError, InputError
 from harness.io.text import gc_paused
+from harness.measures import BUILTIN, MeasureContext, custom_measure, is_custom
 from harness.records import Qrel, Run
 
 log = logging.getLogger(__name__)
@@ -27,11 +29,18 @@ _DOC_AND_SCORE = itemgetter(1, 2)  # ScoredDoc(query_id, doc_id, score) -> (doc_
 
 @dataclass
 class Evaluation:
-    aggregate: dict[str, float]  # measure string -> mean over the judged queries
-    per_query: dict[str, dict[str, float]]  # query id -> measure -> value
+    """Every measure's value per unit (queries; NevIR pairs for PairedAccuracy) and its mean."""
+
+    aggregate: dict[str, float]  # measure string -> mean over its units
+    per_unit: dict[str, dict[str, float]]  # measure -> unit id -> value
+    unit: dict[str, str] = field(default_factory=dict)  # measure -> what its units are ("query", "pair")
+    judged_queries: list[str] = field(default_factory=list)
     missing_queries: list[str] = field(default_factory=list)  # judged, absent from the run
     unjudged_queries: list[str] = field(default_factory=list)  # in the run, absent from the qrels
-    extra: dict[str, object] = field(default_factory=dict)  # e.g. paired accuracy details
+    details: dict[str, dict[str, Any]] = field(default_factory=dict)  # measure -> what it shows beside its value
+
+    def query_measures(self) -> list[str]:
+        return [m for m in self.aggregate if self.unit.get(m, "query") == "query"]
 
 
 def parse_measures(names: Iterable[str]) -> list[ir_measures.Measure]:
@@ -41,17 +50,62 @@ def parse_measures(names: Iterable[str]) -> list[ir_measures.Measure]:
             out.append(ir_measures.parse_measure(name))
         except (NameError, ValueError, TypeError, SyntaxError) as exc:
             raise ConfigError(
-                f"unknown measure {name!r} ({exc}); use ir_measures strings such as nDCG@10, AP(rel=2)"
+                f"unknown measure {name!r} ({exc}); use ir_measures strings such as nDCG@10, AP(rel=2), "
+                f"or a measure of the harness ({', '.join(sorted(BUILTIN))})"
             ) from exc
     return out
 
 
-def evaluate(run: Run, qrels: list[Qrel], measures: Iterable[str]) -> Evaluation:
+def check_measures(names: Iterable[str]) -> None:
+    """Stop on a measure name neither the harness nor ir_measures knows, before any work."""
+    parse_measures([n for n in names if not is_custom(n)])
+
+
+def evaluate(run: Run, qrels: list[Qrel], measures: Iterable[str], context: MeasureContext | None = None) -> Evaluation:
+    """Every measure over the run: ir_measures' own, and those of `harness.measures` (in the order given)."""
     names = list(measures)
+    custom = {n: m for n in names if (m := custom_measure(n)) is not None}
+    standard = [n for n in names if n not in custom]
+    per_query, judged = _ir_measures(run, qrels, standard)
+    per_unit: dict[str, dict[str, float]] = {n: {} for n in names}
+    for qid, row in per_query.items():
+        for n, value in row.items():
+            per_unit[n][qid] = value
+    unit = dict.fromkeys(standard, "query")
+    details: dict[str, dict[str, Any]] = {}
+    ctx = context or MeasureContext(qrels)
+    for name, measure in custom.items():
+        values = dict.fromkeys(measure.units(ctx), 0.0)
+        for metric in measure.iter_calc(run, ctx):
+            values[metric.query_id] = float(metric.value)
+        per_unit[name] = dict(sorted(values.items()))
+        unit[name] = measure.unit
+        details[name] = measure.details(run, ctx)
+    aggregate = {n: (sum(per_unit[n].values()) / len(per_unit[n]) if per_unit[n] else 0.0) for n in names}
+    judged_set = set(judged)
+    unjudged = sorted(q for q in run if q not in judged_set)
+    if unjudged:
+        log.warning("%d queries of the run are not in the qrels and are not evaluated (e.g. %s)",
+                    len(unjudged), ", ".join(unjudged[:5]))
+    return Evaluation(
+        aggregate=aggregate,
+        per_unit=per_unit,
+        unit=unit,
+        judged_queries=judged,
+        missing_queries=[q for q in judged if q not in run],
+        unjudged_queries=unjudged,
+        details=details,
+    )
+
+
+def _ir_measures(run: Run, qrels: list[Qrel], names: list[str]) -> tuple[dict[str, dict[str, float]], list[str]]:
+    """Per query, the values of ir_measures' measures; a judged query the run lacks counts as 0."""
     parsed = parse_measures(names)
     key = {m: n for m, n in zip(parsed, names, strict=True)}
     judged = sorted({q.query_id for q in qrels})
     per_query: dict[str, dict[str, float]] = {q: dict.fromkeys(names, 0.0) for q in judged}
+    if not names:
+        return per_query, judged
     whole = [m for m in parsed if _top_depth(m) is None]
     top = [m for m in parsed if _top_depth(m) is not None]
     depth = max((_top_depth(m) or 0 for m in top), default=None)
@@ -67,19 +121,7 @@ def evaluate(run: Run, qrels: list[Qrel], measures: Iterable[str]) -> Evaluation
     for batch, docs in batches:
         for metric in ir_measures.iter_calc(batch, qrels, docs):
             per_query[metric.query_id][key[metric.measure]] = float(metric.value)
-    n = len(judged)
-    aggregate = {name: (sum(v[name] for v in per_query.values()) / n if n else 0.0) for name in names}
-    judged_set = set(judged)
-    unjudged = sorted(q for q in run if q not in judged_set)
-    if unjudged:
-        log.warning("%d queries of the run are not in the qrels and are not evaluated (e.g. %s)",
-                    len(unjudged), ", ".join(unjudged[:5]))
-    return Evaluation(
-        aggregate=aggregate,
-        per_query=per_query,
-        missing_queries=[q for q in judged if q not in run],
-        unjudged_queries=unjudged,
-    )
+    return per_query, judged
 
 
 # Measures that, given a cutoff k, read nothing but the first k documents of the ranking (and the qrels).
@@ -168,31 +210,6 @@ def _one_pass_order(measures: list[ir_measures.Measure]) -> list[ir_measures.Mea
         return m.NAME == "nDCG" and "gains" not in m.params
 
     return sorted(measures, key=level_free)
-
-
-PAIRED_ACCURACY = "PairedAccuracy"
-
-
-def paired_accuracy(run: Run, pairs: list[tuple[str, str, str, str, str]]) -> tuple[float, dict[str, float], int]:
-    """NevIR's official measure: a pair counts when both queries put their own document first.
-
-    `pairs` holds (pair_id, q1, q2, doc1, doc2). A query whose two documents tie, or that lacks
-    one of them, does not count as ranking its own document first. Returns the accuracy, the
-    per-pair outcomes, and how many queries had tied scores.
-    """
-    outcomes: dict[str, float] = {}
-    ties = 0
-    for pair_id, q1, q2, d1, d2 in pairs:
-        ok = True
-        for qid, own, other in ((q1, d1, d2), (q2, d2, d1)):
-            scores = {d.doc_id: d.score for d in run.get(qid, [])}
-            if own in scores and other in scores and scores[own] == scores[other]:
-                ties += 1
-            if not (own in scores and (other not in scores or scores[own] > scores[other])):
-                ok = False
-        outcomes[pair_id] = 1.0 if ok else 0.0
-    acc = sum(outcomes.values()) / len(outcomes) if outcomes else 0.0
-    return acc, outcomes, ties
 
 
 def judged_documents(qrels: list[Qrel]) -> Mapping[str, list[str]]:

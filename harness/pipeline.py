@@ -14,15 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from harness.cache import Cache, stable_hash
 from harness.errors import ConfigError, HarnessError
-from harness.evaluate import (
-    PAIRED_ACCURACY,
-    Evaluation,
-    evaluate,
-    judged_documents,
-    paired_accuracy,
-    refuse_unmatched,
-)
+from harness.evaluate import Evaluation, check_measures, evaluate, judged_documents, refuse_unmatched
 from harness.firststage import FirstStage, load_first_stage
+from harness.measures import MeasureContext
 from harness.records import Document, Judgment, Run, ScoredDoc, sort_trec
 from harness.registry import build_reranker, load_model_config
 from harness.rerankers.base import ModelConfig, RerankRequest, RerankStats
@@ -212,6 +206,8 @@ def run_pipeline(
 
     check_results_folder(results)
     spec = load_task(task_name)
+    names = measures or spec.measures
+    check_measures(names)
     # Validate every model config before any data or compute is spent.
     configs = configs or [load_model_config(s.model, s.weights) for s in pipeline.stages]
     # Absent weights stop the run here, before any data is read; the stages reuse what is resolved.
@@ -236,7 +232,6 @@ def run_pipeline(
         check_replaceable(bundle_dir(results, spec.name, stage0.name, stage0.depth, pipeline.name), identity,
                           [c.name for c in configs])
     lap("first stage")
-    names = measures or spec.measures
     references = _baselines(baselines or [], results, spec.name, stage0, pipeline.name)
     first_eval = _evaluate(stage0.run, data, names)
     lap("first-stage evaluation")
@@ -317,12 +312,7 @@ def _preflight(pipeline: PipelineSpec, configs: list[ModelConfig], stage0: First
 
 
 def _evaluate(run: Run, data: TaskData, names: list[str]) -> Evaluation:
-    result = evaluate(run, data.qrels, names)
-    if data.spec.paired_accuracy:
-        acc, per_pair, ties = paired_accuracy(run, data.pairs)
-        result.aggregate = {PAIRED_ACCURACY: acc, **result.aggregate}
-        result.extra = {"paired_accuracy": {"pairs": len(per_pair), "tied_queries": ties, "per_pair": per_pair}}
-    return result
+    return evaluate(run, data.qrels, names, MeasureContext(data.qrels, data.pairs, data.spec.name))
 
 
 def _run_stage(stage: StageSpec, config: ModelConfig, weights: ResolvedWeights, current: Run,

@@ -23,7 +23,7 @@ def outcome_rows(outcome: Outcome) -> tuple[list[str], list[list[str]], list[str
         final = outcome.final_eval.aggregate
         rows.append([f"reranked ({outcome.pipeline.name})",
                      *(f"{fmt(final[m])}{marks(outcome.significance, m)}" for m in measures)])
-    notes = [f"judged queries: {len(outcome.first_eval.per_query)}"]
+    notes = [f"judged queries: {len(outcome.first_eval.judged_queries)}"]
     if outcome.significance:
         notes.append(legend(outcome.significance))
     if outcome.first_eval.missing_queries:

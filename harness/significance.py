@@ -1,9 +1,9 @@
 """Significance marks of a reranked run against its first stage and named baselines.
 
 Each reranked score is tested against each reference with the paired t-test over the task's
-units (queries; pairs for NevIR's PairedAccuracy), two-sided. The p-values of one bundle (every
-measure against every reference) are Holm-corrected together, so a mark survives the number of
-tests the table shows. The randomization test's p is stored beside it.
+units (queries; what a measure of harness.measures averages over, e.g. NevIR pairs), two-sided.
+The p-values of one bundle (every measure against every reference) are Holm-corrected together,
+so a mark survives the number of tests the table shows. The randomization test's p is stored beside it.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from harness import stats
-from harness.evaluate import PAIRED_ACCURACY, Evaluation
+from harness.evaluate import Evaluation
 
 Values = dict[str, dict[str, float]]  # measure -> unit id -> value
 
@@ -20,15 +20,8 @@ FIRST_STAGE = "first stage"
 
 
 def unit_values(evaluation: Evaluation) -> Values:
-    """Per-unit values of every measure: queries, and NevIR pairs for PairedAccuracy."""
-    out: Values = {}
-    for qid, row in evaluation.per_query.items():
-        for measure, value in row.items():
-            out.setdefault(measure, {})[qid] = value
-    extra = evaluation.extra.get("paired_accuracy")
-    if isinstance(extra, Mapping):
-        out[PAIRED_ACCURACY] = {str(k): float(v) for k, v in extra["per_pair"].items()}
-    return out
+    """Per-unit values of every measure: queries, or what the measure's units are (NevIR pairs)."""
+    return {m: dict(v) for m, v in evaluation.per_unit.items()}
 
 
 def significance(system: Values, references: Mapping[str, Values], measures: list[str],

@@ -358,11 +358,10 @@ def _absent_data(message: str) -> str:
 
 def _measures(task: str, measure: str) -> list[str]:
     """The task's measures plus the cell's, so one bundle serves every column of a row."""
-    from harness.evaluate import PAIRED_ACCURACY
     from harness.tasks import load_task
 
     names = list(load_task(task).measures)
-    if measure not in names and measure != PAIRED_ACCURACY:
+    if measure not in names:
         names.append(measure)
     return names
 

@@ -64,7 +64,6 @@ class TaskSpec(BaseModel):
     first_stages: dict[str, FirstStageSpec]
     default_first_stage: list[str] = Field(min_length=1)
     measures: list[str] = ["nDCG@10", "AP", "R@100", "RR@10"]
-    paired_accuracy: bool = False
 
     def model_post_init(self, _context: Any) -> None:
         for name in self.default_first_stage:

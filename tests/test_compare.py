@@ -102,7 +102,7 @@ def test_quantized_tiny_model_against_its_full_precision_twin(tmp_path: Path, ti
         assert cost["computed"] == 430 and cost["seconds_per_100"] > 0 and cost["peak_rss_mb"] > 0
     report = (folder / "report.md").read_text()
     assert "| A | trec-dl-2019 | 430 | 430 |" in report and "| B | trec-dl-2019 | 430 | 430 |" in report
-    assert b_bundle.metrics["provenance"]["models"][0]["quantization"] == {"method": "quanto", "weights": "int8"}
+    assert b_bundle.metrics.provenance.models[0]["quantization"] == {"method": "quanto", "weights": "int8"}
 
 
 def test_quanto_replaces_the_linear_layers(tiny_t5: Path) -> None:

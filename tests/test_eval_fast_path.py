@@ -126,6 +126,6 @@ def test_evaluate_equals_ir_measures_alone(data: Path) -> None:
         flat = [ScoredDoc(q, d.doc_id, -float(i)) for q, docs in r.items() for i, d in enumerate(sort_trec(docs))]
         alone = {(m.query_id, str(m.measure)): m.value
                  for m in ir_measures.iter_calc([ir_measures.parse_measure(x) for x in MEASURES], qrels, flat)}
-        for qid, values in ours.per_query.items():
-            for name, value in values.items():
+        for name, values in ours.per_unit.items():
+            for qid, value in values.items():
                 assert value == alone[(qid, str(ir_measures.parse_measure(name)))], (qid, name)

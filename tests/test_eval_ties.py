@@ -73,10 +73,10 @@ def trec_eval(qrels: list[Qrel], run: Run) -> dict[str, dict[str, float]]:
 def assert_like_trec_eval(run: Run, qrels: list[Qrel]) -> None:
     ours = evaluate(run, qrels, list(REFERENCE))
     reference = trec_eval(qrels, run)
-    assert set(reference) == set(ours.per_query)  # every judged query is in these runs
+    assert set(reference) == set(ours.judged_queries)  # every judged query is in these runs
     for qid, values in reference.items():
         for name, value in values.items():
-            assert ours.per_query[qid][name] == pytest.approx(value, abs=1e-12), (qid, name)
+            assert ours.per_unit[name][qid] == pytest.approx(value, abs=1e-12), (qid, name)
     for name in REFERENCE:
         mean = sum(v[name] for v in reference.values()) / len(reference)
         assert ours.aggregate[name] == pytest.approx(mean, abs=1e-12), name

@@ -34,7 +34,7 @@ def test_dl19_default_bm25_top100(results: Path) -> None:
 def test_dl20_bm25_top100(results: Path) -> None:
     out = run_pipeline(NONE, "trec-dl-2020", results=results)
     assert round(out.first_eval.aggregate["nDCG@10"], 4) == 0.4796
-    assert len(out.first_eval.per_query) == 54
+    assert len(out.first_eval.judged_queries) == 54
 
 
 def test_trec_covid_bm25_flat(results: Path) -> None:
@@ -57,16 +57,16 @@ def test_missing_queries_count_as_zero(data: Path) -> None:
     dropped = sorted(run)[:3]
     partial = evaluate({q: d for q, d in run.items() if q not in dropped}, qrels, ["nDCG@10"])
     assert partial.missing_queries == dropped
-    assert len(partial.per_query) == 43
-    lost = sum(full.per_query[q]["nDCG@10"] for q in dropped) / 43
+    assert len(partial.judged_queries) == 43
+    lost = sum(full.per_unit["nDCG@10"][q] for q in dropped) / 43
     assert partial.aggregate["nDCG@10"] == pytest.approx(full.aggregate["nDCG@10"] - lost)
 
 
 def test_novel_eval_and_nevir_first_stages(results: Path) -> None:
     novel = run_pipeline(NONE, "novel-eval-2306", results=results)
     assert all(len(docs) == 20 for docs in novel.first_stage.run.values())
-    assert len(novel.first_eval.per_query) == 21
+    assert len(novel.first_eval.judged_queries) == 21
     nevir = run_pipeline(NONE, "nevir", results=results)
-    assert len(nevir.first_eval.per_query) == 786
+    assert len(nevir.first_eval.judged_queries) == 786
     assert all(len(docs) == 2 for docs in nevir.first_stage.run.values())
     assert "PairedAccuracy" in nevir.first_eval.aggregate

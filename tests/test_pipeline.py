@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.evaluate import paired_accuracy
+from harness.errors import ConfigError
+from harness.evaluate import evaluate
+from harness.measures import MeasureContext
 from harness.pipeline import PipelineSpec, StageSpec, bundle_dir, merge_stage, run_pipeline, safe_name
-from harness.records import Judgment, ScoredDoc
+from harness.records import Judgment, Qrel, ScoredDoc
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -115,8 +117,15 @@ def test_paired_accuracy_by_hand() -> None:
         "b1": [ScoredDoc("b1", "y1", 2.0), ScoredDoc("b1", "y2", 1.0)],
         "b2": [ScoredDoc("b2", "y1", 1.0), ScoredDoc("b2", "y2", 1.0)],  # a tie does not count
     }
-    acc, per_pair, ties = paired_accuracy(run, pairs)
-    assert acc == 0.5 and per_pair == {"p1": 1.0, "p2": 0.0} and ties == 1
+    qrels = [Qrel(q, d, 1) for _, q1, q2, d1, d2 in pairs for q, d in ((q1, d1), (q2, d2))]
+    result = evaluate(run, qrels, ["PairedAccuracy", "nDCG@10"], MeasureContext(qrels, pairs))
+    assert result.aggregate["PairedAccuracy"] == 0.5
+    assert result.per_unit["PairedAccuracy"] == {"p1": 1.0, "p2": 0.0}
+    assert result.unit == {"PairedAccuracy": "pair", "nDCG@10": "query"}
+    assert result.details["PairedAccuracy"] == {"pairs": 2, "tied_queries": 1}
+    # a measure that needs pairs on a task without them is an error, not a silent 0
+    with pytest.raises(ConfigError, match="needs the task's query pairs"):
+        evaluate(run, qrels, ["PairedAccuracy"])
 
 
 def test_nevir_oracle_run_scores_one(results: Path) -> None:
@@ -129,7 +138,8 @@ def test_nevir_oracle_run_scores_one(results: Path) -> None:
     oracle = {q.query_id: [] for q in data.qrels}
     for q in data.qrels:
         oracle[q.query_id].append(ScoredDoc(q.query_id, q.doc_id, float(q.relevance)))
-    assert paired_accuracy(oracle, data.pairs)[0] == 1.0
+    ctx = MeasureContext(data.qrels, data.pairs, "nevir")
+    assert evaluate(oracle, data.qrels, ["PairedAccuracy"], ctx).aggregate["PairedAccuracy"] == 1.0
     # the BM25 order is a poor NevIR ranker: well under chance of 25%
     assert out.first_eval.aggregate["PairedAccuracy"] < 0.25
 
