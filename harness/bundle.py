@@ -101,6 +101,7 @@ def write_bundle(outcome: Outcome, data: TaskData, results: Path) -> Path:
                                          notes=stage0.notes),
             data_checksums=dict(sorted(data.files.items())),
             data_unverified=data.unverified,  # read with no pinned sha256 to check them against
+            data_notes=data.notes,  # what the topics, qrels or corpus readers accepted and said
             libraries=library_versions(),
             code=git_commit(),
         ),

@@ -23,6 +23,7 @@ import urllib.error
 import urllib.request
 import zipfile
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -34,13 +35,17 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DOWNLOAD_TIMEOUT_S = 30
 
 
+# How a data file is read. Each role of a task accepts some of them (tasks.ROLE_FORMATS).
+DataFormat = Literal["trec", "tsv", "beir-jsonl", "rankgpt-json", "mteb-json", "pairs-tsv"]
+
+
 class DataFile(BaseModel):
     """One data file and where to get it. `format` tells the reader how to parse it."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     path: str
-    format: str
+    format: DataFormat
     url: str | None = None
     sha256: str | None = Field(default=None, pattern="^[0-9a-f]{64}$")  # of the file itself
     archive_md5: str | None = None  # of the archive at `url`, as BEIR publishes it

@@ -53,6 +53,7 @@ class Provenance(_Record):
     first_stage: FirstStageRecord
     data_checksums: dict[str, str]
     data_unverified: list[str]
+    data_notes: list[str]  # topics, qrels, corpus: a byte-order mark, CRLF line ends, as first-stage notes
     libraries: dict[str, str]
     code: Any
 

@@ -38,9 +38,9 @@ def unpinned(spec: TaskSpec) -> set[str]:
     return {f.path for f in files if f.sha256 is None}
 
 
-def read_tsv_corpus(path: Path) -> dict[str, Document]:
+def read_tsv_corpus(path: Path, notes: list[str] | None = None) -> dict[str, Document]:
     docs: dict[str, Document] = {}
-    for number, line in read_lines(path, "corpus"):
+    for number, line in read_lines(path, "corpus", notes):
         docid, sep, text = line.partition("\t")
         if not sep or not docid.strip():
             raise InputError(path, "expected 'docid<TAB>text'", line=number)
@@ -51,9 +51,9 @@ def read_tsv_corpus(path: Path) -> dict[str, Document]:
     return docs
 
 
-def read_pairs(path: Path) -> list[Pair]:
+def read_pairs(path: Path, notes: list[str] | None = None) -> list[Pair]:
     pairs: list[Pair] = []
-    for number, line in read_lines(path, "pairs"):
+    for number, line in read_lines(path, "pairs", notes):
         cols = line.split("\t")
         if number == 1 and cols[0] == "pair_id":
             continue
@@ -70,6 +70,7 @@ class TaskData:
     qrels: list[Qrel]
     files: dict[str, str] = field(default_factory=dict)  # data path -> sha256
     pairs: list[Pair] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the readers accepted and said (a BOM, CRLF)
 
     @property
     def unverified(self) -> list[str]:
@@ -79,7 +80,10 @@ class TaskData:
     @functools.cached_property
     def corpus(self) -> Mapping[str, Document]:
         file, path = _pick(self.spec.corpus, f"{self.spec.name} corpus")
-        docs = read_beir_corpus(path) if file.format == "beir-jsonl" else read_tsv_corpus(path)
+        if file.format == "beir-jsonl":
+            docs = read_beir_corpus(path, notes=self.notes)
+        else:
+            docs = read_tsv_corpus(path, self.notes)
         self.files[file.path] = checksum(path)
         return docs
 
@@ -89,11 +93,13 @@ class TaskData:
 
 def load_task_data(spec: TaskSpec) -> TaskData:
     files: dict[str, str] = {}
+    notes: list[str] = []  # a byte-order mark or CRLF line ends in topics or qrels: accepted, said in the bundle
     qfile, qpath = _pick(spec.queries, f"{spec.name} queries")
-    queries = read_beir_queries(qpath) if qfile.format == "beir-jsonl" else read_topics(qpath)
+    queries = (read_beir_queries(qpath, notes=notes) if qfile.format == "beir-jsonl"
+               else read_topics(qpath, notes=notes))
     files[qfile.path] = checksum(qpath)
     rfile, rpath = _pick(spec.qrels, f"{spec.name} qrels")
-    qrels = read_qrels(rpath)
+    qrels = read_qrels(rpath, notes=notes)
     files[rfile.path] = checksum(rpath)
     judged = {q.query_id for q in qrels}
     # BEIR zips ship all queries of every split; keep those of the evaluated split.
@@ -102,6 +108,6 @@ def load_task_data(spec: TaskSpec) -> TaskData:
     pairs: list[Pair] = []
     if spec.pairs:
         pfile, ppath = _pick(spec.pairs, f"{spec.name} pairs")
-        pairs = read_pairs(ppath)
+        pairs = read_pairs(ppath, notes)
         files[pfile.path] = checksum(ppath)
-    return TaskData(spec, queries, qrels, files, pairs)
+    return TaskData(spec, queries, qrels, files, pairs, notes)

@@ -51,6 +51,16 @@ class FirstStageSpec(BaseModel):
     mteb_split: str = "test"
 
 
+# The formats each kind of task file may be read as (DataFile.format is a closed set, harness.data).
+ROLE_FORMATS: dict[str, tuple[str, ...]] = {
+    "queries": ("tsv", "beir-jsonl"),
+    "qrels": ("trec",),  # TREC `qid iter docid rel`, or BEIR's TSV with its header: read_qrels takes both
+    "corpus": ("beir-jsonl", "tsv"),
+    "pairs": ("pairs-tsv",),
+}
+RUN_FORMATS = ("trec", "rankgpt-json", "mteb-json")
+
+
 class TaskSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -66,6 +76,17 @@ class TaskSpec(BaseModel):
     measures: list[str] = ["nDCG@10", "AP", "R@100", "RR@10"]
 
     def model_post_init(self, _context: Any) -> None:
+        for role, allowed in ROLE_FORMATS.items():
+            files = getattr(self, role)
+            for i, file in enumerate(files):
+                if file.format not in allowed:
+                    raise ValueError(f"{role}[{i}] ({file.path}) has format {file.format!r}; {role} are read as "
+                                     f"{' or '.join(allowed)}")
+        for name, stage in self.first_stages.items():
+            for i, file in enumerate(stage.files):
+                if file.format not in RUN_FORMATS:
+                    raise ValueError(f"first_stages.{name}.files[{i}] ({file.path}) has format {file.format!r}; "
+                                     f"a run is read as {' or '.join(RUN_FORMATS)}")
         for name in self.default_first_stage:
             if name not in self.first_stages:
                 raise ValueError(f"default_first_stage names {name!r}, not one of {sorted(self.first_stages)}")

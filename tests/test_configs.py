@@ -130,3 +130,21 @@ def test_dry_run_computes_nothing(tmp_path: Path) -> None:
     assert "over_context: 3" in out.stdout  # the 3 passages the real run reports as truncated
     assert not (tmp_path / "cache.sqlite").exists()
     assert not list(tmp_path.rglob("metrics.json"))
+
+
+def test_data_formats_are_a_closed_set_checked_per_role() -> None:
+    """A task file's `format:` is one of the harness's readers, and one that suits the file's role."""
+    from pydantic import ValidationError
+
+    from harness.tasks import TaskSpec
+
+    spec = load_task("trec-dl-2019").model_dump()
+    bad_format = {**spec, "qrels": [{**spec["qrels"][0], "format": "trec-qrels"}]}
+    with pytest.raises(ValidationError, match="trec-qrels"):
+        TaskSpec.model_validate(bad_format)
+    wrong_role = {**spec, "queries": [{**spec["queries"][0], "format": "rankgpt-json"}]}
+    with pytest.raises(ValidationError, match=r"queries\[0\].*'rankgpt-json'; queries are read as tsv or beir-jsonl"):
+        TaskSpec.model_validate(wrong_role)
+    run_as_topics = {**spec, "first_stages": {"bm25": {"files": [{"path": "x.tsv", "format": "tsv"}]}}}
+    with pytest.raises(ValidationError, match="a run is read as trec or rankgpt-json or mteb-json"):
+        TaskSpec.model_validate(run_as_topics)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
+
+import pytest
 
 from harness.pipeline import PipelineSpec, StageSpec, run_pipeline
 from harness.registry import parse_model_config
@@ -36,3 +39,28 @@ def test_byte_order_mark_and_crlf_are_said_in_the_bundle(results: Path) -> None:
         assert outcome.bundle is not None
         notes = json.loads((outcome.bundle / "metrics.json").read_text())["provenance"]["first_stage"]["notes"]
         assert any(said in n for n in notes), notes
+
+
+def test_topics_and_qrels_notes_reach_the_bundle(tmp_path: Path, data: Path, results: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mirror whose NevIR queries have CRLF line ends and whose qrels start with a byte-order mark
+    (neither file pins a sha256): read as they are, and said in metrics.json as first-stage notes are."""
+    import json
+
+    mirror = tmp_path / "mirror" / "nevir"
+    shutil.copytree(data / "nevir", mirror)
+    queries = mirror / "queries.jsonl"
+    queries.write_bytes(queries.read_bytes().replace(b"\n", b"\r\n"))
+    qrels = mirror / "qrels" / "test.tsv"
+    qrels.write_bytes(b"\xef\xbb\xbf" + qrels.read_bytes())
+    monkeypatch.setenv("HARNESS_DATA_MIRROR", str(tmp_path / "mirror"))
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))
+    outcome = run_pipeline(PipelineSpec(name="none"), "nevir", results=results)
+    assert outcome.bundle is not None
+    notes = json.loads((outcome.bundle / "metrics.json").read_text())["provenance"]["data_notes"]
+    assert any("queries.jsonl" in n and "CRLF" in n for n in notes), notes
+    assert any("test.tsv" in n and "byte-order mark" in n for n in notes), notes
+    # the same values as the clean mirror's: nothing was lost to the odd bytes
+    monkeypatch.delenv("HARNESS_DATA_MIRROR")
+    clean = run_pipeline(PipelineSpec(name="none"), "nevir", results=tmp_path / "clean")
+    assert clean.first_eval.aggregate == outcome.first_eval.aggregate
