@@ -78,6 +78,7 @@ def write_bundle(outcome: Outcome, data: TaskData, results: Path) -> Path:
         first_stage_name=stage0.name,
         depth=stage0.depth,
         identity=outcome.identity,  # what decides this content: a bundle of other content never replaces it
+        measures=list(fs_eval.aggregate),
         first_stage=fs_eval.aggregate,
         reranked=rr_eval.aggregate if rr_eval else None,
         units={m: u for m, u in fs_eval.unit.items() if u != "query"},
@@ -180,7 +181,7 @@ class Bundle:
     @cached_property
     def _units(self) -> dict[str, dict[str, tuple[float, float]]]:
         path = self.path / "per_query.tsv"
-        out: dict[str, dict[str, tuple[float, float]]] = {m: {} for m in self.metrics.first_stage}
+        out: dict[str, dict[str, tuple[float, float]]] = {m: {} for m in self.metrics.measures}
         for n, line in enumerate(path.read_text(encoding="utf-8").splitlines()[1:], start=2):
             parts = line.split("\t")
             if len(parts) != 4:

@@ -67,7 +67,8 @@ class Metrics(_Record):
     first_stage_name: str
     depth: int
     identity: dict[str, Any]
-    first_stage: dict[str, float]  # measure -> value, in the task's order (the first is the headline)
+    measures: list[str]  # in the task's order: the first is the headline (JSON objects below are sorted)
+    first_stage: dict[str, float]  # measure -> value
     reranked: dict[str, float] | None  # None: the first stage alone
     units: dict[str, str]  # measure -> what its per-unit values are about ("query", "pair")
     details: dict[str, dict[str, dict[str, Any]]]  # "first_stage" | "reranked" -> measure -> details
@@ -84,7 +85,7 @@ class Metrics(_Record):
 
     @property
     def headline(self) -> str:
-        return next(iter(self.first_stage))
+        return self.measures[0]
 
 
 class StageExecution(_Record):
