@@ -26,15 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from harness import costs
 from harness.data import PROJECT_ROOT
-from harness.errors import ConfigError, DataNotFoundError, HarnessError, InputError
+from harness.errors import ConfigError, DataNotFoundError, HarnessError
 from harness.identity import StaleBundleError
 from harness.pipeline import PipelineSpec, find_bundle, safe_name
-from harness.tasks import validation_error
+from harness.tasks import read_yaml, validation_error
 
 log = logging.getLogger(__name__)
 
@@ -162,11 +161,7 @@ def load_table(name_or_path: str | Path) -> TableSpec:
         path = TABLES_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
         raise ConfigError(f"no table {name_or_path!r}; known tables: {', '.join(available_tables())}")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise InputError(path, f"not valid YAML: {exc}", line=mark.line + 1 if mark else None) from exc
+    raw = read_yaml(path, "table config")  # refuses tags and keys given twice, like every config
     try:
         return TableSpec.model_validate(raw)
     except ValidationError as exc:

@@ -310,3 +310,13 @@ def test_one_bundle_serves_every_measure_of_a_row(tmp_path: Path, results: Path)
     path.write_text(yaml.safe_dump(raw))
     built = build_table(load_table(path), results=results)
     assert built.cells[-1].status == "no reference" and 0 < built.cells[-1].reproduced < 100
+
+
+def test_a_table_config_with_a_key_given_twice_is_refused(tmp_path: Path) -> None:
+    from harness.errors import InputError
+    from harness.tables import load_table
+
+    path = tmp_path / "dup.yaml"
+    path.write_text("title: first\ntitle: second\n")
+    with pytest.raises(InputError, match=r"key 'title' appears twice in one mapping \(lines 1 and 2\)"):
+        load_table(path)
