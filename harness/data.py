@@ -35,12 +35,30 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DOWNLOAD_TIMEOUT_S = 30
 
 
-# How a data file is read. Each role of a task accepts some of them (tasks.ROLE_FORMATS).
-DataFormat = Literal["trec", "tsv", "beir-jsonl", "rankgpt-json", "mteb-json", "pairs-tsv"]
+# How a data file is read. Each role of a task accepts some of them (tasks.ROLE_FORMATS). The hf-*
+# formats are Hugging Face datasets in MTEB's or BRIGHT's layout (harness.hfdata, harness.hfrecords);
+# bright-examples-json is BRIGHT's --input_file form of rewritten queries.
+DataFormat = Literal["trec", "tsv", "beir-jsonl", "rankgpt-json", "mteb-json", "pairs-tsv",
+                     "hf-mteb", "hf-bright", "bright-examples-json"]
+
+
+class HFDataset(BaseModel):
+    """One config and split of a Hugging Face dataset repository at a pinned commit (harness.hfdata)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    repo: str = Field(pattern=r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+    revision: str = Field(pattern="^[0-9a-f]{40}$")  # a commit: a branch would move under the figures
+    config: str
+    split: str
+    sha256: dict[str, str] = {}  # a file's path in the repository -> its sha256, checked on every copy
 
 
 class DataFile(BaseModel):
-    """One data file and where to get it. `format` tells the reader how to parse it."""
+    """One data file and where to get it. `format` tells the reader how to parse it.
+
+    With `hf` (the hf-* formats), `path` is the folder of a copy of that dataset repository, laid out
+    as the hub has it (README.md and the data files), relative to the mirror or the download cache."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -51,6 +69,12 @@ class DataFile(BaseModel):
     archive_md5: str | None = None  # of the archive at `url`, as BEIR publishes it
     member: str | None = None  # the file's path inside the archive at `url`
     source: str | None = None  # where the official file comes from, when there is no `url` to fetch
+    hf: HFDataset | None = None
+
+    def model_post_init(self, _context: object) -> None:
+        if (self.hf is not None) != self.format.startswith("hf-"):
+            raise ValueError(f"{self.path}: format {self.format!r} and `hf:` go together (an hf-* format reads "
+                             "the Hugging Face dataset that `hf:` names)")
 
 
 def mirror_dir() -> Path | None:

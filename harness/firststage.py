@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.data import DataFile, checksum, locate, resolve
+from harness.data import DataFile, checksum, resolve
 from harness.errors import ConfigError, DataNotFoundError, InputError
-from harness.io.jsonfmt import read_mteb, read_rankgpt
+from harness.hfrecords import read_id_lists, read_reasoning_queries
+from harness.hfrecords import read_queries as read_hf_queries
+from harness.io.jsonfmt import read_beir_queries, read_mteb, read_rankgpt
 from harness.io.text import read_head
-from harness.io.trec import read_run
+from harness.io.trec import read_run, read_topics
 from harness.records import Document, Run, ScoredDoc, sort_trec
+from harness.taskdata import choose
 from harness.tasks import BM25Params, FirstStageSpec, TaskSpec
 
 log = logging.getLogger(__name__)
@@ -86,12 +90,33 @@ def load_first_stage(
     corpus: Callable[[], Mapping[str, Document]],
     queries: Mapping[str, str],
     judged: Mapping[str, list[str]],
+    excluded: Mapping[str, AbstractSet[str]] | None = None,
 ) -> FirstStage:
     """The first stage `choice` of `task` (a name, or a path to a run file), cut at `depth`.
 
     With no choice, the task's preferred first stages are tried in order; when a preferred one
-    cannot be had (not mirrored and offline), the next is used and the fact is noted.
+    cannot be had (not mirrored and offline), the next is used and the fact is noted. `excluded`
+    documents (BRIGHT's excluded_ids) are removed from any first stage before it is cut.
     """
+    stage = _load(task, choice, depth, corpus=corpus, queries=queries, judged=judged, excluded=excluded or {})
+    if excluded:
+        removed = sum(len(docs) for docs in stage.run.values())
+        stage.run = cut(_without(stage.run, excluded), depth)
+        removed -= sum(len(docs) for docs in stage.run.values())
+        if removed:
+            stage.notes.append(f"{removed} documents of the task's excluded ids removed from the first stage")
+    return stage
+
+
+def _without(run: Run, excluded: Mapping[str, AbstractSet[str]]) -> Run:
+    return {qid: [d for d in docs if d.doc_id not in excluded.get(qid, ())] for qid, docs in run.items()}
+
+
+def _load(task: TaskSpec, choice: str | None, depth: int, *, corpus: Callable[[], Mapping[str, Document]],
+          queries: Mapping[str, str], judged: Mapping[str, list[str]],
+          excluded: Mapping[str, AbstractSet[str]]) -> FirstStage:
+    # Runs are read deeper by the most documents a query excludes, so each keeps `depth` once they are gone.
+    depth_read = depth + max((len(docs) for docs in excluded.values()), default=0)
     if depth < 1:
         raise ConfigError(f"depth must be at least 1, got {depth}")
     if choice is not None and choice not in task.first_stages:
@@ -104,14 +129,15 @@ def load_first_stage(
         file_notes: list[str] = []  # a byte-order mark, CRLF line ends: accepted, and said in the bundle
         run, docs, qtexts = read_any_run(path, notes=file_notes)
         digest = checksum(path)
-        return FirstStage(run_file_name(path, digest), f"run file {path}", cut(run, depth), depth,
+        return FirstStage(run_file_name(path, digest), f"run file {path}", cut(run, depth_read), depth,
                           {str(path): digest}, docs, qtexts, notes=file_notes)
     names = [choice] if choice else task.default_first_stage
     notes: list[str] = []
     for i, name in enumerate(names):
         spec = task.first_stages[name]
         try:
-            stage = _build(name, spec, depth, corpus, queries, judged, task.name)
+            stage = _build(name, spec, depth_read, corpus, queries, judged, task.name)
+            stage.depth = depth
         except DataNotFoundError as exc:
             if i + 1 == len(names):
                 raise
@@ -119,35 +145,61 @@ def load_first_stage(
             log.warning(note)
             notes.append(note)
             continue
-        stage.notes = notes
+        stage.notes = notes + stage.notes
         return stage
     raise AssertionError("unreachable")
 
 
 def _build(name: str, spec: FirstStageSpec, depth: int, corpus: Callable[[], Mapping[str, Document]],
            queries: Mapping[str, str], judged: Mapping[str, list[str]], task: str) -> FirstStage:
+    what = f"{task} first stage {name!r}"
+    if spec.kind == "top-ranked":
+        ranked, table = read_id_lists(choose(spec.files, what), what)
+        return FirstStage(name, spec.description, cut(top_ranked_run(ranked), depth), depth, dict(table.files))
     if spec.kind == "file":
-        file = _first_present(spec.files, f"{task} first stage {name!r}")
-        path = resolve(file, f"{task} first stage {name!r}")
+        file = choose(spec.files, what)
+        path = resolve(file, what)
         run, docs, qtexts = read_any_run(path, file.format, mteb_subset=spec.mteb_subset,
                                          mteb_split=spec.mteb_split)
         return FirstStage(name, spec.description, cut(run, depth), depth,
                           {file.path: checksum(path)}, docs, qtexts)
+    files: dict[str, str] = {}
+    if spec.queries:  # search with rewritten queries (BRIGHT's reasoning queries); rerankers keep the task's
+        queries, files = _search_queries(choose(spec.queries, f"{what} queries"), f"{what} queries", queries)
     docs = corpus()
     if spec.kind == "bm25s":
         run = bm25s_run(docs, queries, depth, spec.bm25s)
     else:
         run = bm25s_judged_run(docs, queries, judged, spec.bm25s)
-    return FirstStage(name, spec.description or f"bm25s {spec.bm25s}", cut(run, depth), depth)
+    return FirstStage(name, spec.description or f"bm25s {spec.bm25s}", cut(run, depth), depth, files)
 
 
-def _first_present(files: list[DataFile], what: str) -> DataFile:
-    if not files:
-        raise ConfigError(f"{what} names no file")
-    for file in files:
-        if locate(file) is not None:
-            return file
-    return files[0]
+def top_ranked_run(ranked: Mapping[str, list[str]]) -> Run:
+    """Each query's candidates in the listed order (MTEB's top_ranked), scored n, n-1, ..., 1."""
+    return {qid: [ScoredDoc(qid, d, float(len(docs) - i)) for i, d in enumerate(dict.fromkeys(docs))]
+            for qid, docs in ranked.items()}
+
+
+def _search_queries(file: DataFile, what: str, task_queries: Mapping[str, str]) -> tuple[dict[str, str],
+                                                                                         dict[str, str]]:
+    """The texts to search with, for the task's queries, and the checksums of the files they came from."""
+    if file.hf:
+        texts, table = read_hf_queries(file, what)
+        files = dict(table.files)
+    else:
+        path = resolve(file, what)
+        if file.format == "bright-examples-json":
+            texts = read_reasoning_queries(path)
+        elif file.format == "beir-jsonl":
+            texts = read_beir_queries(path)
+        else:
+            texts = read_topics(path)
+        files = {file.path: checksum(path)}
+    lacking = sorted(q for q in task_queries if q not in texts)
+    if lacking:
+        raise InputError(file.path, f"{len(lacking)} of the task's {len(task_queries)} queries have no text here "
+                         f"(e.g. {lacking[0]!r}); expected one rewritten query per query of the task")
+    return {q: texts[q] for q in task_queries}, files
 
 
 def _doc_text(doc: Document, params: BM25Params) -> str:

@@ -29,12 +29,25 @@ Pair = tuple[str, str, str, str, str]  # (pair_id, query 1, query 2, document of
 
 
 @dataclass(frozen=True)
+class InstructionPair:
+    """A query asked with its original instruction and with a changed one (two query ids of the run),
+    and the documents whose judgment the change flips (FollowIR's and mFollowIR's qrel_diff)."""
+
+    query_id: str
+    original: str
+    changed: str
+    documents: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class MeasureContext:
-    """What a measure may read beside the run: the qrels, and what the task adds (NevIR's pairs)."""
+    """What a measure may read beside the run: the qrels, and what the task adds (NevIR's pairs, the
+    instruction pairs of FollowIR-style tasks)."""
 
     qrels: list[Qrel]
     pairs: list[Pair] = field(default_factory=list)
     task: str = ""
+    instruction_pairs: list[InstructionPair] = field(default_factory=list)
 
 
 class Measure(Protocol):
@@ -58,7 +71,7 @@ class Measure(Protocol):
 
 _REGISTERED: dict[str, type] = {}
 # name -> module that registers it: imported when the name is first used (keeps `import harness` light)
-BUILTIN: dict[str, str] = {"PairedAccuracy": "harness.measures"}
+BUILTIN: dict[str, str] = {"PairedAccuracy": "harness.measures", "p-MRR": "harness.pmrr"}
 
 
 def register_measure(name: str) -> Callable[[type], type]:

@@ -38,14 +38,18 @@ class FirstStageSpec(BaseModel):
     """A first stage: a file (alternatives, first found wins) or a BM25 computed with bm25s.
 
     `judged-bm25s` ranks, for each query, only its judged documents (NevIR's pair, NovelEval's
-    20 candidates): those tasks define their candidate sets through their judgments.
+    20 candidates): those tasks define their candidate sets through their judgments. `top-ranked`
+    takes each query's candidates in the order a dataset lists them (MTEB's top_ranked). A BM25 with
+    `queries` searches with those texts (queries rewritten by a model) instead of the task's own;
+    rerankers still see the task's queries.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     description: str = ""
-    kind: Literal["file", "bm25s", "judged-bm25s"] = "file"
+    kind: Literal["file", "bm25s", "judged-bm25s", "top-ranked"] = "file"
     files: list[DataFile] = []
+    queries: list[DataFile] = []  # bm25s: alternative query texts to search with (first found wins)
     bm25s: BM25Params = BM25Params()
     mteb_subset: str = "default"
     mteb_split: str = "test"
@@ -53,12 +57,27 @@ class FirstStageSpec(BaseModel):
 
 # The formats each kind of task file may be read as (DataFile.format is a closed set, harness.data).
 ROLE_FORMATS: dict[str, tuple[str, ...]] = {
-    "queries": ("tsv", "beir-jsonl"),
-    "qrels": ("trec",),  # TREC `qid iter docid rel`, or BEIR's TSV with its header: read_qrels takes both
-    "corpus": ("beir-jsonl", "tsv"),
-    "pairs": ("pairs-tsv",),
+    "queries": ("tsv", "beir-jsonl", "hf-mteb", "hf-bright"),
+    # TREC `qid iter docid rel`, or BEIR's TSV with its header (read_qrels takes both); BRIGHT's examples
+    "qrels": ("trec", "hf-mteb", "hf-bright"),
+    "corpus": ("beir-jsonl", "tsv", "hf-mteb", "hf-bright"),
+    "pairs": ("pairs-tsv", "hf-mteb"),  # hf-mteb: MTEB's NevIR qrels, pairs read from its query ids
 }
-RUN_FORMATS = ("trec", "rankgpt-json", "mteb-json")
+RUN_FORMATS = ("trec", "rankgpt-json", "mteb-json", "hf-mteb")  # hf-mteb: MTEB's top_ranked lists
+SEARCH_QUERY_FORMATS = ("tsv", "beir-jsonl", "hf-bright", "bright-examples-json")  # FirstStageSpec.queries
+
+
+class InstructionFollowing(BaseModel):
+    """FollowIR-style tasks: every query is asked twice, with its original instruction (query id
+    `<id><original_suffix>`) and with a changed one (`<id><changed_suffix>`); the qrels judge the
+    original, and `changed` lists per `<id>` the documents whose judgment the change flips (p-MRR)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    instructions: list[DataFile] = []  # query id -> instruction, appended to the query as MTEB does
+    changed: list[DataFile] = Field(min_length=1)  # MTEB's qrel_diff
+    original_suffix: str = "-og"
+    changed_suffix: str = "-changed"
 
 
 class TaskSpec(BaseModel):
@@ -71,6 +90,7 @@ class TaskSpec(BaseModel):
     qrels: list[DataFile]
     corpus: list[DataFile] = []
     pairs: list[DataFile] = []
+    instruction_following: InstructionFollowing | None = None
     first_stages: dict[str, FirstStageSpec]
     default_first_stage: list[str] = Field(min_length=1)
     measures: list[str] = ["nDCG@10", "AP", "R@100", "RR@10"]
@@ -87,6 +107,19 @@ class TaskSpec(BaseModel):
                 if file.format not in RUN_FORMATS:
                     raise ValueError(f"first_stages.{name}.files[{i}] ({file.path}) has format {file.format!r}; "
                                      f"a run is read as {' or '.join(RUN_FORMATS)}")
+            for i, file in enumerate(stage.files):
+                if (file.format == "hf-mteb") != (stage.kind == "top-ranked"):
+                    raise ValueError(f"first_stages.{name}.files[{i}] ({file.path}): a top-ranked first stage reads "
+                                     "an hf-mteb top_ranked config, and only it does")
+            for i, file in enumerate(stage.queries):
+                if file.format not in SEARCH_QUERY_FORMATS:
+                    raise ValueError(f"first_stages.{name}.queries[{i}] ({file.path}) has format {file.format!r}; "
+                                     f"queries to search with are read as {' or '.join(SEARCH_QUERY_FORMATS)}")
+        follow = self.instruction_following
+        for i, file in enumerate([*follow.instructions, *follow.changed] if follow else []):
+            if file.format != "hf-mteb":
+                raise ValueError(f"instruction_following file {i} ({file.path}) has format {file.format!r}; "
+                                 "instructions and changed documents are read as hf-mteb")
         for name in self.default_first_stage:
             if name not in self.first_stages:
                 raise ValueError(f"default_first_stage names {name!r}, not one of {sorted(self.first_stages)}")
@@ -186,10 +219,13 @@ def _beir_catalogue() -> dict[str, Any]:
 
 
 def available_tasks() -> list[str]:
+    from harness.catalogues import catalogue_tasks, catalogues
+
     names = [
-        p.stem for p in TASKS_DIR.glob("*.yaml") if p.name != "beir.yaml"
+        p.stem for p in TASKS_DIR.glob("*.yaml") if p.name != "beir.yaml" and p.stem not in catalogues()
     ]
     names += [f"beir/{name}" for name in _beir_catalogue()["datasets"]]
+    names += catalogue_tasks()
     return sorted(names)
 
 
@@ -256,9 +292,18 @@ def load_task(name: str) -> TaskSpec:
         path = override if override.is_file() else TASKS_DIR / "beir.yaml"
         if override.is_file():
             raw = _merge_override(raw, read_yaml(override) or {})
+    elif "/" in name:  # a task of a catalogue (tasks/bright.yaml: bright/biology, ...)
+        from harness.catalogues import catalogue_task
+
+        found = catalogue_task(name)
+        if found is None:
+            raise ConfigError(_unknown("task", name, available_tasks()))
+        path, raw = found
     else:
+        from harness.catalogues import catalogues
+
         path = TASKS_DIR / f"{name}.yaml"
-        if "/" in name or not path.is_file():
+        if not path.is_file() or name in catalogues():
             raise ConfigError(_unknown("task", name, available_tasks()))
         raw = read_yaml(path)
     try:
