@@ -16,7 +16,6 @@ from harness.cache import Cache, stable_hash
 from harness.errors import ConfigError, HarnessError
 from harness.evaluate import Evaluation, check_measures, evaluate, judged_documents, refuse_unmatched
 from harness.firststage import FirstStage, load_first_stage
-from harness.measures import MeasureContext
 from harness.records import Document, Judgment, Run, ScoredDoc, sort_trec
 from harness.registry import build_reranker, load_model_config
 from harness.rerankers.base import ModelConfig, RerankRequest, RerankStats
@@ -217,7 +216,7 @@ def run_pipeline(
     lap("task data")
     judged = judged_documents(data.qrels)
     stage0 = load_first_stage(spec, first_stage, depth, corpus=lambda: data.corpus,
-                              queries=data.queries, judged=judged)
+                              queries=data.queries, judged=judged, excluded=data.excluded)
     if stage0.files:
         data.files.update(stage0.files)
     if not allow_unmatched:  # it would score 0.0 on every measure: stop before any model or bundle
@@ -312,7 +311,7 @@ def _preflight(pipeline: PipelineSpec, configs: list[ModelConfig], stage0: First
 
 
 def _evaluate(run: Run, data: TaskData, names: list[str]) -> Evaluation:
-    return evaluate(run, data.qrels, names, MeasureContext(data.qrels, data.pairs, data.spec.name))
+    return evaluate(run, data.qrels, names, data.measure_context())
 
 
 def _run_stage(stage: StageSpec, config: ModelConfig, weights: ResolvedWeights, current: Run,
