@@ -49,7 +49,8 @@ _CHECKED: dict[str, str] = {}  # snapshot path/file -> the sha256 that was check
 
 
 def checked(key: str, sha256: str) -> bool:
-    """Whether the file `key` (snapshot path/file), with this content, was checked when it was read."""
+    """Whether the file `key` (snapshot path/file) with this content (sha256) was checked, in this process,
+    against huggingface_hub's record of that commit or the task's pin."""
     return _CHECKED.get(key) == sha256
 
 
@@ -181,8 +182,9 @@ def resolve(file: DataFile, what: str) -> Path:
     found = locate(file)
     if found is not None:
         return found
-    if os.environ.get("HARNESS_OFFLINE") == "1":
-        raise DataNotFoundError(missing_message(file, what, "no download is allowed (HARNESS_OFFLINE=1)"))
+    for variable in ("HARNESS_OFFLINE", "HF_HUB_OFFLINE"):
+        if os.environ.get(variable, "").lower() in ("1", "true", "yes", "on"):
+            raise DataNotFoundError(missing_message(file, what, f"no download is allowed ({variable}=1)"))
     return _download(file, what)
 
 
