@@ -453,3 +453,57 @@ def test_tables_say_which_dataset_to_fill(tmp_path: Path) -> None:
     t4 = cells("rank1-table4-mfollowir")
     assert t4[("mE5-base (first stage)", "zho-pmrr")]["published"] == 0.3
     assert t4[("FollowIR-7B", "fas-ndcg")]["reason"]
+
+
+def test_a_download_is_read_by_the_same_code(mirror: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The download asks the hub for the pinned commit, the card, then only the files of the split asked,
+    into the cache; what lands there is read and checked as a mirrored copy is. The hub here is a local
+    folder served by stand-ins of huggingface_hub's three calls, which write its download records as it does."""
+    import fnmatch
+    import shutil
+
+    import huggingface_hub
+
+    hub = tmp_path / "hub"
+    source = write_bright(hub, records=False)
+    calls: list[tuple[str, Any]] = []
+
+    def fetch(rel: str, local_dir: Path) -> None:
+        (Path(local_dir) / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source / rel, Path(local_dir) / rel)
+        data = (source / rel).read_bytes()
+        record = Path(local_dir) / ".cache" / "huggingface" / "download" / f"{rel}.metadata"
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(f"{BRIGHT[1]}\n{hashlib.sha256(data).hexdigest() if rel != 'README.md' else ''}\n0\n")
+
+    def dataset_info(self: Any, repo_id: str, *, revision: str, timeout: float) -> None:
+        calls.append(("info", (repo_id, revision)))
+
+    def hf_hub_download(repo_id: str, filename: str, *, repo_type: str, revision: str, local_dir: Path) -> str:
+        calls.append(("file", (repo_id, filename, revision)))
+        fetch(filename, local_dir)
+        return str(Path(local_dir) / filename)
+
+    def snapshot_download(repo_id: str, *, repo_type: str, revision: str, local_dir: Path,
+                          allow_patterns: list[str]) -> str:
+        calls.append(("snapshot", tuple(allow_patterns)))
+        for path in source.rglob("*"):
+            rel = path.relative_to(source).as_posix()
+            if path.is_file() and any(fnmatch.fnmatch(rel, p) for p in allow_patterns):
+                fetch(rel, local_dir)
+        return str(local_dir)
+
+    monkeypatch.delenv("HARNESS_OFFLINE")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info", dataset_info)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    from harness.taskdata import load_task_data
+
+    data = load_task_data(load_task("bright/biology"))
+    assert calls == [("info", BRIGHT), ("file", (BRIGHT[0], "README.md", BRIGHT[1])),
+                     ("snapshot", ("examples/biology-*",))]
+    cached = tmp_path / "cache" / "data" / "hf" / f"{BRIGHT[0]}@{BRIGHT[1]}"
+    assert sorted(p.name for p in (cached / "examples").iterdir()) == ["biology-00000-of-00001.parquet"]
+    assert len(data.queries) == 3 and data.excluded == {"1": {"leaf/Photosynthesis_0.txt"}}
+    assert not any(k.endswith(".parquet") for k in data.unverified)  # checked against the records it wrote
