@@ -184,8 +184,17 @@ def resolve(file: DataFile, what: str) -> Path:
         return found
     for variable in ("HARNESS_OFFLINE", "HF_HUB_OFFLINE"):
         if os.environ.get(variable, "").lower() in ("1", "true", "yes", "on"):
-            raise DataNotFoundError(missing_message(file, what, f"no download is allowed ({variable}=1)"))
+            reason = f"no download is allowed ({variable}=1)" + _partial(file)
+            raise DataNotFoundError(missing_message(file, what, reason))
     return _download(file, what)
+
+
+def _partial(file: DataFile) -> str:
+    """Where a copy of the repository is, but without the files of this config and split."""
+    mirror = mirror_dir()
+    copies = [root / file.path for root in ([mirror] if mirror else []) + [cache_dir()]
+              if (root / file.path / "README.md").is_file()]
+    return f" (the copy at {copies[0]} lacks those files)" if copies else ""
 
 
 def _download(file: DataFile, what: str) -> Path:

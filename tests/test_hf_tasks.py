@@ -285,8 +285,9 @@ def test_a_card_without_the_config_says_so(mirror: Path) -> None:
 
     write_repo(mirror, BRIGHT, {"examples": {"biology": BIOLOGY}})  # no documents config
     data = load_task_data(load_task("bright/biology"))
-    with pytest.raises(DataNotFoundError, match="config 'documents', split 'biology'"):
+    with pytest.raises(DataNotFoundError, match="config 'documents', split 'biology'") as caught:
         data.corpus  # noqa: B018
+    assert f"the copy at {mirror}/hf/{BRIGHT[0]}@{BRIGHT[1]} lacks those files" in str(caught.value)
 
 
 # ---------------------------------------------------------------- mFollowIR and FollowIR
