@@ -25,11 +25,13 @@ import math
 import statistics
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
 from harness.cache import Cache, stable_hash
+from harness.data import PROJECT_ROOT
 from harness.errors import ConfigError
 from harness.records import Judgment, Ranking, Record
 from harness.rerankers.base import ModelConfig, Preview, Progress, RerankRequest, RerankStats
@@ -52,10 +54,16 @@ class EnsembleConfig(ModelConfig):
 
     def member_configs(self) -> list[ModelConfig]:
         """The members' configs, read now (a member that does not exist yet, e.g. not trained, stops here)."""
-        from harness.registry import load_model_config
+        from harness.registry import FOLDER_CONFIG, load_model_config
 
         configs = []
         for i, member in enumerate(self.members):
+            looks_trained = "/" in member and not member.endswith((".yaml", ".yml"))
+            if looks_trained and not any((base / member / FOLDER_CONFIG).is_file() for base in (Path(), PROJECT_ROOT)):
+                raise ConfigError(
+                    f"ensemble {self.name!r}, member {i + 1} ({member!r}): no trained model there yet (no "
+                    f"{FOLDER_CONFIG}); train it first: python -m harness train CONFIG, or the run config that "
+                    "trains it (python -m harness run configs/runs/multicls-vs-ensemble.yaml)")
             try:
                 config = load_model_config(member)
             except ConfigError as exc:
