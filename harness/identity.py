@@ -90,8 +90,10 @@ def model_folder_name(model: str, weights: str | None = None) -> str:
     """
     from harness.registry import MODELS_DIR, load_model_config
 
-    is_path = model.endswith((".yaml", ".yml"))
-    stem = Path(model).stem if is_path else model
+    # A YAML path is named by its stem; a trained model's folder (a path that is no YAML file: its
+    # model.yaml, harness.train) by its own name, known before the folder exists (a run trains it).
+    is_path = model.endswith((".yaml", ".yml")) or "/" in model
+    stem = Path(model).stem if model.endswith((".yaml", ".yml")) else Path(model).name
     registered = MODELS_DIR / f"{stem}.yaml"
     if (not is_path and weights is None) or not registered.is_file():
         return stem

@@ -48,10 +48,19 @@ class MeasureContext:
     pairs: list[Pair] = field(default_factory=list)
     task: str = ""
     instruction_pairs: list[InstructionPair] = field(default_factory=list)
+    relevance_threshold: int = 1  # the task's: a grade >= it is relevant (binary measures: calibration)
+    # The final stage's probability of relevance per query and document (harness.calibration), when
+    # its family has one; None for the first stage and for families without one.
+    probabilities: Mapping[str, Mapping[str, float]] | None = None
 
 
 class Measure(Protocol):
-    """A measure ir_measures lacks. `unit` names what a per-unit value is about (query, pair)."""
+    """A measure ir_measures lacks. `unit` names what a per-unit value is about (query, pair).
+
+    Optional: `aggregate(run, ctx) -> float`, the value over every unit pooled where that is not the
+    mean of the per-unit values (calibration errors over all judged pairs), and `higher_is_better =
+    False` for a measure that is better lower (the significance marks read it).
+    """
 
     name: ClassVar[str]
     unit: ClassVar[str]
@@ -71,7 +80,9 @@ class Measure(Protocol):
 
 _REGISTERED: dict[str, type] = {}
 # name -> module that registers it: imported when the name is first used (keeps `import harness` light)
-BUILTIN: dict[str, str] = {"PairedAccuracy": "harness.measures", "p-MRR": "harness.pmrr"}
+BUILTIN: dict[str, str] = {"PairedAccuracy": "harness.measures", "p-MRR": "harness.pmrr",
+                           "ECE": "harness.calibration", "Brier": "harness.calibration",
+                           "LogLoss": "harness.calibration"}
 
 
 def register_measure(name: str) -> Callable[[type], type]:
@@ -94,6 +105,13 @@ def custom_measure(name: str) -> Measure | None:
 
 def is_custom(name: str) -> bool:
     return name in _REGISTERED or name in BUILTIN
+
+
+def higher_is_better(name: str) -> bool:
+    """False for a measure that says so (`higher_is_better = False`: calibration errors); ir_measures'
+    measures are all better higher."""
+    measure = custom_measure(name) if is_custom(name) else None
+    return bool(getattr(measure, "higher_is_better", True))
 
 
 @register_measure("PairedAccuracy")

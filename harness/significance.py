@@ -13,6 +13,7 @@ from typing import Any
 
 from harness import stats
 from harness.evaluate import Evaluation
+from harness.measures import higher_is_better
 
 Values = dict[str, dict[str, float]]  # measure -> unit id -> value
 
@@ -33,6 +34,8 @@ def significance(system: Values, references: Mapping[str, Values], measures: lis
             if m not in system or m not in values:
                 continue
             units = sorted(set(system[m]) & set(values[m]))
+            if not units:  # the measure does not apply to the reference (calibration of a first stage)
+                continue
             test = stats.paired([values[m][u] for u in units], [system[m][u] for u in units])
             rows.append((ref, m, test))
     adjusted = stats.holm([t.p_t for _, _, t in rows])
@@ -42,7 +45,8 @@ def significance(system: Values, references: Mapping[str, Values], measures: lis
     for (ref, m, t), p_holm in zip(rows, adjusted, strict=True):
         against.setdefault(ref, {})[m] = {
             "n": t.n, "delta": t.delta, "p": t.p_t, "p_holm": p_holm, "p_randomization": t.p_randomization,
-            "significant": bool(p_holm < alpha), "direction": "better" if t.delta > 0 else "worse",
+            "significant": bool(p_holm < alpha),
+            "direction": "better" if (t.delta > 0) == higher_is_better(m) else "worse",
             "mark": symbol[ref],
         }
     return {"test": "paired t-test, two-sided, Holm-corrected over every test of this bundle",

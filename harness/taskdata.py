@@ -107,7 +107,8 @@ class TaskData:
         return sorted((set(self.files) & unpinned(self.spec)) | unverified_hf(self.spec, self.files))
 
     def measure_context(self) -> MeasureContext:
-        return MeasureContext(self.qrels, self.pairs, self.spec.name, self.instruction_pairs)
+        return MeasureContext(self.qrels, self.pairs, self.spec.name, self.instruction_pairs,
+                              relevance_threshold=self.spec.relevance_threshold)
 
     @functools.cached_property
     def corpus(self) -> Mapping[str, Document]:

@@ -94,6 +94,8 @@ class TaskSpec(BaseModel):
     first_stages: dict[str, FirstStageSpec]
     default_first_stage: list[str] = Field(min_length=1)
     measures: list[str] = ["nDCG@10", "AP", "R@100", "RR@10"]
+    # A grade >= this is relevant where a measure needs yes/no (calibration): 2 on TREC DL (trec_eval -l 2)
+    relevance_threshold: int = Field(default=1, ge=1)
 
     def model_post_init(self, _context: Any) -> None:
         for role, allowed in ROLE_FORMATS.items():

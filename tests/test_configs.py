@@ -32,9 +32,11 @@ def test_every_task_validates(name: str) -> None:
 @pytest.mark.parametrize("path", sorted((ROOT / "configs" / "runs").glob("*.yaml")))
 def test_every_run_config_validates(path: Path) -> None:
     spec = load_run_spec(path)
+    trained = spec.trained_folders()  # made by the run's `train:` entries: absent until it runs
     for pipeline in spec.pipelines():
         for stage in pipeline.stages:
-            load_model_config(stage.model)
+            if Path(stage.model).resolve() not in trained:
+                load_model_config(stage.model)
     for task in spec.tasks:
         load_task(task)
 
