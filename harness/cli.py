@@ -1,4 +1,4 @@
-"""Command line: `python -m harness eval|run|compare|tables|tasks|models|cache recover`."""
+"""Command line: `python -m harness eval|run|train|compare|tables|tasks|models|cache recover`."""
 
 from __future__ import annotations
 
@@ -37,6 +37,12 @@ def _progress_factory(enabled: bool) -> Iterator[Callable[[str, int], Callable[[
         yield factory
 
 
+def _wide_console():  # type: ignore[no-untyped-def]
+    from rich.console import Console
+
+    return Console(highlight=False, width=200)
+
+
 def _print_outcome(outcome) -> None:  # type: ignore[no-untyped-def]
     from rich.table import Table
 
@@ -49,7 +55,8 @@ def _print_outcome(outcome) -> None:  # type: ignore[no-untyped-def]
         table.add_column(h, justify="right" if h != "system" else "left")
     for row in rows:
         table.add_row(*row)
-    console.print(table)
+    # Not a terminal (a pipe, a log): no 80-column squeeze of a wide table (calibration columns).
+    (console if console.is_terminal else _wide_console()).print(table)
     for note in notes:
         console.print(note)
     console.print(f"bundle: {outcome.bundle}")
@@ -92,11 +99,27 @@ def _print_preflight(outcome) -> None:  # type: ignore[no-untyped-def]
             console.rule(style="dim")
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from harness.train import load_train_config, train
+
+    config = load_train_config(args.config)
+    done = train(config, size=args.size, progress=not args.no_progress)
+    _console().print(f"{'reused (trained already)' if done.reused else f'trained in {done.seconds:.0f}s'}: "
+                     f"{done.folder}; evaluate it with: python -m harness eval --model {done.folder} --task TASK",
+                     markup=False, soft_wrap=True)
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from harness.pipeline import run_pipeline
     from harness.runspec import load_run_spec
 
     spec = load_run_spec(args.config)
+    if spec.train:  # the models the run evaluates are trained first (a finished folder is reused)
+        from harness.train import load_train_config, train
+
+        for path in spec.train:
+            train(load_train_config(path), size=args.size, progress=not args.no_progress)
     jobs = spec.jobs()
     # Validate every model config of every job before any compute is spent.
     from harness.registry import load_model_config
@@ -109,7 +132,27 @@ def cmd_run(args: argparse.Namespace) -> int:
                                    progress=progress, configs=configs[id(pipeline)] or None,
                                    baselines=spec.baselines, allow_unmatched=spec.allow_unmatched)
             _print_outcome(outcome)
+    for pair in spec.compare:  # paired comparisons of the bundles just made
+        _compare(pair.a, pair.b, tasks=spec.tasks, measure=pair.measure, first_stage=spec.first_stage,
+                 depth=spec.depth, results=args.results or Path(spec.results), measures=spec.measures)
     return 0
+
+
+def _compare(a: str, b: str, *, tasks: list[str], measure: str | None, first_stage: str | None, depth: int,
+             results: Path, measures: list[str] | None) -> None:
+    from harness.compare import compare, resolve_side, summary, write_report
+    from harness.pipeline import safe_name
+
+    sides = [resolve_side(s, tasks, first_stage=first_stage, depth=depth, results=results, run_missing=True,
+                          measures=measures) for s in (a, b)]
+    labels = (_side_label(a, sides[0]), _side_label(b, sides[1]))
+    result = compare(sides[0], sides[1], labels=labels, measure=measure)
+    name = f"{safe_name(labels[1])}__vs__{safe_name(labels[0])}" + (f".{safe_name(measure)}" if measure else "")
+    report = write_report(result, results / "compare" / name)
+    console = _console()
+    for line in summary(result):
+        console.print(line, markup=False, soft_wrap=True)
+    console.print(f"report: {report}")
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -235,7 +278,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", type=Path)
     p.add_argument("--results", type=Path, default=None)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--size", choices=["auto", "full", "reduced"], default="auto",
+                   help="for the config's `train:` entries (see `train --help`)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("train", help="fine-tune a cross-encoder or a Multi-CLS cross-encoder (configs/train)")
+    p.add_argument("config", type=Path, help="a training config, e.g. configs/train/minilm-multicls-k5.yaml")
+    p.add_argument("--size", choices=["auto", "full", "reduced"], default="auto",
+                   help="reduced: the config's `reduced:` overrides (fewer pairs, shorter inputs); auto (default): "
+                        "reduced on a machine without CUDA, full otherwise")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("cache", help="work on a results folder's cache file")
     cache_sub = p.add_subparsers(dest="cache_command", required=True)

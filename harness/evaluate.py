@@ -74,6 +74,7 @@ def evaluate(run: Run, qrels: list[Qrel], measures: Iterable[str], context: Meas
     unit = dict.fromkeys(standard, "query")
     details: dict[str, dict[str, Any]] = {}
     ctx = context or MeasureContext(qrels)
+    pooled: dict[str, float] = {}  # measures whose value is not the mean of their units' (calibration)
     for name, measure in custom.items():
         values = dict.fromkeys(measure.units(ctx), 0.0)
         for metric in measure.iter_calc(run, ctx):
@@ -81,7 +82,10 @@ def evaluate(run: Run, qrels: list[Qrel], measures: Iterable[str], context: Meas
         per_unit[name] = dict(sorted(values.items()))
         unit[name] = measure.unit
         details[name] = measure.details(run, ctx)
-    aggregate = {n: (sum(per_unit[n].values()) / len(per_unit[n]) if per_unit[n] else 0.0) for n in names}
+        if callable(own := getattr(measure, "aggregate", None)):
+            pooled[name] = float(own(run, ctx))
+    aggregate = {n: pooled[n] if n in pooled else (sum(per_unit[n].values()) / len(per_unit[n]) if per_unit[n] else 0.0)
+                 for n in names}
     judged_set = set(judged)
     unjudged = sorted(q for q in run if q not in judged_set)
     if unjudged:

@@ -6,7 +6,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +17,11 @@ from harness.errors import ConfigError, HarnessError
 from harness.evaluate import Evaluation, check_measures, evaluate, judged_documents, refuse_unmatched
 from harness.firststage import FirstStage, load_first_stage
 from harness.records import Document, Judgment, Run, ScoredDoc, sort_trec
-from harness.registry import build_reranker, load_model_config
+from harness.registry import build_reranker, load_model_config, resolve_model_weights
 from harness.rerankers.base import ModelConfig, RerankRequest, RerankStats
 from harness.taskdata import TaskData, load_task_data
 from harness.tasks import TaskSpec, load_task
-from harness.weights import ResolvedWeights, resolve_weights
+from harness.weights import ResolvedWeights
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,7 @@ class Outcome:
     significance: dict[str, Any] | None = None  # against the first stage and the baselines
     identity: dict[str, Any] | None = None  # what decides the bundle's content (harness.identity)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase of the run, in order
+    scored: Any = None  # harness.calibration.Scored: the final stage's probabilities, when it has them
 
 
 _SAFE = re.compile(r"[^A-Za-z0-9._@-]+")
@@ -119,7 +120,8 @@ def find_bundle(results: Path, task: str, first_stage: str | None, depth: int,
     """
     from harness.data import checksum, locate
     from harness.firststage import run_file_name
-    from harness.identity import check_found, first_stage_spec, local_revision, model_identity
+    from harness.identity import check_found, first_stage_spec, model_identity
+    from harness.registry import model_revision
 
     spec = load_task(task)
     names = [first_stage] if first_stage else list(spec.default_first_stage)
@@ -151,7 +153,7 @@ def find_bundle(results: Path, task: str, first_stage: str | None, depth: int,
                 return path  # an unusable config: running it says why; nothing to compare against
             labels.append(config.name)
             asked["stages"].append({"depth": st.depth,
-                                    "model": model_identity(config, local_revision(config.weights, config.name))})
+                                    "model": model_identity(config, model_revision(config))})
         check_found(path, asked, labels)
         return path
     return None
@@ -210,7 +212,14 @@ def run_pipeline(
     # Validate every model config before any data or compute is spent.
     configs = configs or [load_model_config(s.model, s.weights) for s in pipeline.stages]
     # Absent weights stop the run here, before any data is read; the stages reuse what is resolved.
-    weights = [] if dry_run else [resolve_weights(c.weights, c.name) for c in configs]
+    weights = [] if dry_run else [resolve_model_weights(c) for c in configs]
+    from harness.train import refuse_trained_on
+
+    refuse_trained_on(configs, spec.name)  # a model never sees the task whose judgments trained it
+    if not measures and configs and weights:  # calibration beside the task's measures, when there is a probability
+        from harness.calibration import default_measures
+
+        names = [*names, *(m for m in default_measures(configs[-1], weights[-1]) if m not in names)]
     lap("configs and weights")
     data = load_task_data(spec)
     lap("task data")
@@ -252,7 +261,10 @@ def run_pipeline(
                 outcome.stages.append(result)
                 lap(f"stage {config.name}")
         outcome.final_run = current
-        outcome.final_eval = _evaluate(current, data, names)
+        from harness.calibration import scored_stage
+
+        outcome.scored = scored_stage(configs[-1], weights[-1], outcome.stages[-1])
+        outcome.final_eval = _evaluate(current, data, names, outcome.scored)
         from harness.significance import FIRST_STAGE, significance, unit_values
 
         refs = {FIRST_STAGE: unit_values(first_eval), **references}
@@ -310,8 +322,12 @@ def _preflight(pipeline: PipelineSpec, configs: list[ModelConfig], stage0: First
             for stage, config in zip(pipeline.stages, configs, strict=True)]
 
 
-def _evaluate(run: Run, data: TaskData, names: list[str]) -> Evaluation:
-    return evaluate(run, data.qrels, names, data.measure_context())
+def _evaluate(run: Run, data: TaskData, names: list[str], scored: Any = None) -> Evaluation:
+    """`scored` (harness.calibration.Scored): the final stage's probabilities, for calibration measures."""
+    context = data.measure_context()
+    if scored is not None:
+        context = replace(context, probabilities=scored.probabilities)
+    return evaluate(run, data.qrels, names, context)
 
 
 def _run_stage(stage: StageSpec, config: ModelConfig, weights: ResolvedWeights, current: Run,

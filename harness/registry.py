@@ -11,10 +11,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from harness.data import PROJECT_ROOT
-from harness.errors import ConfigError, ConfigFileError, InputError
+from harness.errors import ConfigError, ConfigFileError, HarnessError, InputError
 from harness.rerankers.base import ModelConfig, Reranker
 from harness.tasks import read_yaml, validation_error
-from harness.weights import EXPECTED_FOLDER, ResolvedWeights, Weights, folder_problem, local_folder
+from harness.weights import EXPECTED_FOLDER, ResolvedWeights, Weights, folder_problem, local_folder, resolve_weights
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,8 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "rank1": ("harness.rerankers.rank1:Rank1Config", "harness.rerankers.rank1:Rank1"),
     "listwise": ("harness.rerankers.listwise:ListwiseConfig", "harness.rerankers.listwise:ListwiseReranker"),
     "monot5": ("harness.rerankers.monot5:MonoT5Config", "harness.rerankers.monot5:MonoT5"),
+    "multi-cls": ("harness.rerankers.multicls:MultiClsModelConfig", "harness.rerankers.multicls:MultiClsReranker"),
+    "ensemble": ("harness.rerankers.ensemble:EnsembleConfig", "harness.rerankers.ensemble:Ensemble"),
 }
 
 
@@ -39,10 +41,17 @@ def available_models() -> list[str]:
     return sorted(p.stem for p in MODELS_DIR.glob("*.yaml"))
 
 
+# The model config a trained folder carries (`python -m harness train`): `--model FOLDER` reads it.
+FOLDER_CONFIG = "model.yaml"
+
+
 def model_config_path(name_or_path: str) -> Path:
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") and path.is_file():
         return path
+    for folder in (path, PROJECT_ROOT / path):  # a trained folder, from here or from the project
+        if (folder / FOLDER_CONFIG).is_file():
+            return folder / FOLDER_CONFIG
     candidate = MODELS_DIR / f"{name_or_path}.yaml"
     if "/" not in name_or_path and candidate.is_file():
         return candidate
@@ -94,6 +103,28 @@ def load_model_config(name_or_path: str, weights_path: str | None = None) -> Mod
                               f"(or a stage's `weights:`) in place of the config's {problem}; {EXPECTED_FOLDER}")
         raw = {**raw, "weights": {"path": weights_path}}
     return parse_model_config(raw, path)
+
+
+def resolve_model_weights(config: ModelConfig) -> ResolvedWeights:
+    """A config's weights, resolved; a family without weights of its own (an ensemble: its members')
+    resolves them itself (`resolve_own_weights`)."""
+    own = getattr(config, "resolve_own_weights", None)
+    if callable(own):
+        resolved: ResolvedWeights = own()
+        return resolved
+    return resolve_weights(config.weights, config.name)
+
+
+def model_revision(config: ModelConfig) -> str | None:
+    """The revision of a config's weights on this machine (no download), or None when they are not."""
+    from harness.identity import local_revision
+
+    if callable(getattr(config, "resolve_own_weights", None)):
+        try:
+            return resolve_model_weights(config).revision
+        except HarnessError:
+            return None
+    return local_revision(config.weights, config.name)
 
 
 def build_reranker(config: ModelConfig, weights: ResolvedWeights | None = None) -> Reranker:

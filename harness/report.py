@@ -11,7 +11,8 @@ if TYPE_CHECKING:
 
 
 def fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
+    """A value; "-" for none, and for NaN: a measure that does not apply (calibration of a first stage)."""
+    return "-" if value is None or value != value else f"{value:.4f}"
 
 
 def outcome_rows(outcome: Outcome) -> tuple[list[str], list[list[str]], list[str]]:

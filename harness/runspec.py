@@ -12,6 +12,16 @@ from harness.registry import load_model_config, model_config_path
 from harness.tasks import TaskSpec, load_task, read_yaml, validation_error
 
 
+class ComparePair(BaseModel):
+    """`compare A B` after the run's evaluations (A, B: what `--model` takes), on its tasks."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    a: str
+    b: str
+    measure: str | None = None  # default: each task's headline
+
+
 class RunSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -25,6 +35,9 @@ class RunSpec(BaseModel):
     results: str = "results"
     baselines: list[str] = []  # models of this run the others are tested against (they run first)
     allow_unmatched: bool = False  # evaluate a first stage that matches nothing judged (every measure 0)
+    # Training configs (`python -m harness train`) run first; their folders may be models of the run.
+    train: list[str] = []
+    compare: list[ComparePair] = []
 
     @field_validator("models")
     @classmethod
@@ -50,6 +63,12 @@ class RunSpec(BaseModel):
     def jobs(self) -> list[tuple[PipelineSpec, str]]:
         return [(p, t) for t in self.tasks for p in self.pipelines()]
 
+    def trained_folders(self) -> set[Path]:
+        """The model folders the run's `train:` entries write (resolved paths)."""
+        from harness.train import load_train_config
+
+        return {load_train_config(file).output_dir().resolve() for file in self.train}
+
 
 def load_run_spec(path: str | Path) -> RunSpec:
     """A run config, checked through: its tasks, first stage and models exist (each error names the
@@ -74,15 +93,39 @@ def load_run_spec(path: str | Path) -> RunSpec:
                 raise ConfigFileError(
                     path, f"{spec.first_stage!r} is neither a first stage of {task.name} "
                     f"({', '.join(task.first_stages)}) nor an existing run file", key="first_stage")
+    produced = _trained_folders(spec, path)  # made by the run's training: not there before it runs
     for i, model in enumerate(spec.models):
         stages = [(f"models.{i}", model, None)] if isinstance(model, str) else [
             (f"models.{i}.stages.{j}.model", stage.model, stage.weights) for j, stage in enumerate(model.stages)]
         for key, name, weights in stages:
-            if name == "none":
+            if name == "none" or Path(name).resolve() in produced:
                 continue
             try:
                 model_config_path(name)
             except ConfigError as exc:
                 raise ConfigFileError(path, str(exc), key=key) from exc
             load_model_config(name, weights)  # its own errors name the model's file
+    for i, pair in enumerate(spec.compare):
+        for side in ("a", "b"):
+            name = getattr(pair, side)
+            if name.partition("@")[0] in ("none", *map(str, spec.models)) or Path(name).resolve() in produced:
+                continue
+            try:
+                model_config_path(name.partition("@")[0])
+            except ConfigError as exc:
+                raise ConfigFileError(path, str(exc), key=f"compare.{i}.{side}") from exc
     return spec
+
+
+def _trained_folders(spec: RunSpec, path: Path) -> set[Path]:
+    """What the run's training writes; a training config that is missing or invalid names the run's key."""
+    from harness.train import load_train_config
+
+    for i, file in enumerate(spec.train):
+        try:
+            load_train_config(file)
+        except InputError as exc:
+            if Path(exc.path) == Path(file):
+                raise ConfigFileError(path, str(exc), key=f"train.{i}") from exc
+            raise
+    return spec.trained_folders()
