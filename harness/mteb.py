@@ -32,8 +32,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
+
 from harness.cache import Cache, stable_hash
-from harness.errors import HarnessError, require
+from harness.errors import ConfigError, HarnessError, require
 from harness.records import Document, Judgment
 from harness.registry import build_reranker, load_model_config
 from harness.rerankers.base import ModelConfig, RerankRequest, RerankStats
@@ -110,7 +112,11 @@ class HarnessModel:
                  cache: str | Path | None = None, weights: str | None = None, **kwargs: Any) -> None:
         config = load_model_config(model_name, weights)
         if device is not None:
-            config = config.model_copy(update={"device": device})
+            try:
+                config = type(config).model_validate({**config.model_dump(), "device": device})
+            except ValidationError as exc:
+                raise ConfigError(f"model {config.name!r}: device {device!r} given to harness.mteb: "
+                                  f"{exc.errors()[0]['msg']}") from exc
         self.config: ModelConfig = config
         self.resolved = resolve_weights(config.weights, config.name)
         if revision is not None and revision != self.resolved.revision:

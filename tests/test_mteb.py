@@ -27,7 +27,7 @@ from mteb.tasks.reranking.eng.nev_ir import NevIR  # noqa: E402
 
 import harness.mteb as hm  # noqa: E402
 from harness.cache import Cache  # noqa: E402
-from harness.errors import HarnessError  # noqa: E402
+from harness.errors import ConfigError, HarnessError  # noqa: E402
 from harness.measures import MeasureContext, PairedAccuracy  # noqa: E402
 from harness.pipeline import PipelineSpec, run_pipeline  # noqa: E402
 from harness.records import Document, ScoredDoc  # noqa: E402
@@ -215,6 +215,11 @@ def test_import_harness_does_not_import_mteb() -> None:
             "print('mteb' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+    # without the extra, the error names it
+    code = "import sys; sys.modules['mteb'] = None; import harness.mteb; harness.mteb.model('minilm-l6')"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode != 0 and "MissingDependencyError" in out.stderr
+    assert "pip install 'llm-rerank-harness[mteb]'" in out.stderr
 
 
 def test_prompt_keys_of_mteb_tasks() -> None:
@@ -255,6 +260,8 @@ def test_model_meta_holds_what_decides_scores(tmp_path: Path) -> None:
     changed = meta.model_copy(update={"experiment_kwargs": {**meta.experiment_kwargs, "fingerprint": {"x": 1}}})
     with pytest.raises(HarnessError, match="fingerprint changed"):
         changed.load_model()
+    with pytest.raises(ConfigError, match="device 'gpu0'"):
+        hm.model("minilm-l6", device="gpu0")
 
 
 class Recording:
