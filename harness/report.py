@@ -32,6 +32,13 @@ def outcome_rows(outcome: Outcome) -> tuple[list[str], list[list[str]], list[str
         notes.append(f"queries judged but absent from the first stage (scored 0): {missing}")
     for note in outcome.first_stage.notes:
         notes.append(f"note: {note}")
+    if outcome.stages and outcome.final_eval is not None and getattr(outcome, "scored", None) is None:
+        from harness.calibration import probability_map
+
+        last = outcome.stages[-1].config  # a family without a probability says so, and gets no calibration
+        reason = probability_map(last).says.removeprefix("none: ")
+        notes.append(f"calibration (ECE, Brier): none for {last.name}, which states no probability of relevance "
+                     f"({reason})")
     for st in outcome.stages:
         s = st.stats
         line = (f"{st.config.name}: {s.items} items, {s.from_cache} from cache, {s.computed} computed, "
