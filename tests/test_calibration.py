@@ -181,3 +181,13 @@ def test_rank1_prints_ece_and_brier(tmp_path: Path, dl19_texts: list[str], resul
     record = json.loads((outcome.bundle / "calibration.json").read_text())
     assert record["family"] == "rank1" and record["pairs"] + record["unjudged_left_out"] <= 43
     assert rows[1][-2] == f"{record['ECE']:.4f}"
+
+
+def test_a_family_without_a_probability_says_so(results: Path) -> None:
+    from harness.pipeline import PipelineSpec, run_pipeline
+
+    outcome = run_pipeline(PipelineSpec.single("minilm-l6"), "trec-dl-2019", depth=3, results=results)
+    header, _, notes = outcome_rows(outcome)
+    assert "ECE" not in header and "Brier" not in header  # no calibration row
+    assert any("calibration (ECE, Brier): none for minilm-l6" in n and "similarity" in n for n in notes)
+    assert not (outcome.bundle / "calibration.json").exists()
