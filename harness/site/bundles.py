@@ -84,8 +84,8 @@ def _stage_cost(s: Any) -> str:
     return text
 
 
-def write_bundle_pages(writer: Writer, found: FoundBundle, texts: TextSource) -> list[str]:
-    """The bundle's page and its query pages; returns the notes shown on the bundle page."""
+def write_bundle_pages(writer: Writer, found: FoundBundle, texts: TextSource) -> None:
+    """The bundle's page and its query pages (in the order of the bundle's query table)."""
     b = found.bundle
     assert b is not None  # unreadable bundles have an index row only
     rel = found.rel
@@ -94,7 +94,8 @@ def write_bundle_pages(writer: Writer, found: FoundBundle, texts: TextSource) ->
     m = b.metrics
     query_measure = next((x for x in b.measures() if b.unit(x) == "query"), None)
     order = _by_delta(reader.values, query_measure) if query_measure else []
-    order += [q for q in reader.query_ids() if q not in set(order)]
+    listed = set(order)
+    order += [q for q in reader.query_ids() if q not in listed]  # in the run but judged by no query measure
     views = {q: reader.query(q) for q in order}
     plots: dict[str, str] = {}
     head_values = _unit_deltas(b, m.headline)
@@ -123,7 +124,6 @@ def write_bundle_pages(writer: Writer, found: FoundBundle, texts: TextSource) ->
                 provenance=json.dumps(m.provenance.model_dump(mode="json"), indent=2, ensure_ascii=False),
                 fingerprints=json.dumps([s.fingerprint for s in m.stages], indent=2, ensure_ascii=False),
                 identity=json.dumps(m.identity, indent=2, ensure_ascii=False))
-    return reader.texts.missing
 
 
 def _by_delta(values: dict[str, dict[str, tuple[float, float]]], measure: str) -> list[str]:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.bundle import Bundle
+from harness.io.trec import read_run
 from harness.records import JudgmentRow, ListwiseRecord, ListwiseWindow, Rank1Record, ScoredDoc
 from harness.site.collect import reading
 from harness.site.texts import Texts
@@ -112,8 +113,6 @@ class Reader:
     """Builds each query's view of one bundle: candidates in reranked order with their judgments."""
 
     def __init__(self, bundle: Bundle, texts: Texts) -> None:
-        from harness.io.trec import read_run
-
         self.bundle = bundle
         self.texts = texts
         m = bundle.metrics
