@@ -126,10 +126,13 @@ def test_eval_marks_significance_against_first_stage_and_baseline(tmp_path: Path
     common = ["--task", "trec-dl-2019", "--depth", "10", "--results", str(results)]
     cli("eval", "--model", str(tmp_path / "ce-a.yaml"), *common)
     out = cli("eval", "--model", str(tmp_path / "ce-b.yaml"), "--baseline", "ce-a", *common)
-    assert "Holm over 8 tests" in out.stdout and "▲a/▼a ce-a" in out.stdout
+    # 4 measures against the first stage and ce-a, and ECE and Brier (added for a family with a
+    # probability of relevance) against ce-a alone: the first stage has none
+    assert "Holm over 10 tests" in out.stdout and "▲a/▼a ce-a" in out.stdout
     metrics = json.loads((results / "trec-dl-2019/bm25.top10/ce-b/metrics.json").read_text())
     sig = metrics["significance"]
-    assert sig["tests"] == 8 and set(sig["against"]) == {"first stage", "ce-a"}
+    assert sig["tests"] == 10 and set(sig["against"]) == {"first stage", "ce-a"}
+    assert set(sig["against"]["ce-a"]) - set(sig["against"]["first stage"]) == {"ECE", "Brier"}
     for ref in sig["against"].values():
         for m, t in ref.items():
             assert t["n"] == 43 and t["p_holm"] >= t["p"]
