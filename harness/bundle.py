@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from harness.errors import HarnessError, InputError
 from harness.io.trec import read_run, trec_tag, write_run
 from harness.provenance import git_commit, library_versions, machine
+from harness.records import Judgment, JudgmentRow, generated_tokens, judgment_row, read_judgment_row
 from harness.schema import (
     SCHEMA_VERSION,
     Execution,
@@ -45,8 +46,8 @@ def _atomic_write(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def _token_stats(judgments: list[Any]) -> dict[str, Any]:
-    tokens = [j.extra["generated_tokens"] for j in judgments if "generated_tokens" in j.extra]
+def _token_stats(judgments: list[Judgment]) -> dict[str, Any]:
+    tokens = generated_tokens([j.record for j in judgments])
     if not tokens:
         return {}
     return {"generated_tokens_mean": sum(tokens) / len(tokens), "generated_tokens_max": max(tokens)}
@@ -125,10 +126,12 @@ def write_bundle(outcome: Outcome, data: TaskData, results: Path) -> Path:
     _atomic_write(out / "per_query.tsv", "\n".join(rows) + "\n")
     lines = []
     for st in outcome.stages:
+        # A query's windows (listwise) are written once, with its first judgment (its top document).
+        windows = {id(ranking[0]): ranking.windows for ranking in st.rankings if ranking.windows is not None
+                   and len(ranking)}
         for j in sorted(st.judgments, key=lambda j: (j.query_id, j.doc_id)):
-            lines.append(json.dumps({"stage": st.config.name, "query_id": j.query_id, "doc_id": j.doc_id,
-                                     "score": j.score, "fallback": j.fallback, **j.extra},
-                                    sort_keys=True, ensure_ascii=False))
+            row = judgment_row(st.config.name, j, windows.get(id(j)))
+            lines.append(json.dumps(row, sort_keys=True, ensure_ascii=False))
     _atomic_write(out / "judgments.jsonl", "\n".join(lines) + ("\n" if lines else ""))
     execution = Execution(
         schema_version=SCHEMA_VERSION,
@@ -219,13 +222,32 @@ class Bundle:
         return read_run(self.path / "run.trec")
 
     def judgments(self) -> list[dict[str, Any]]:
-        """The last stage's model outputs."""
+        """The last stage's model outputs, as the rows of judgments.jsonl (see `judgment_rows`)."""
+        return [raw for _, raw in self._last_stage_rows()]
+
+    def judgment_rows(self) -> list[JudgmentRow]:
+        """The last stage's model outputs read back as typed records (harness.records)."""
+        path = self.path / "judgments.jsonl"
+        return [read_judgment_row(raw, path, n) for n, raw in self._last_stage_rows()]
+
+    def _last_stage_rows(self) -> list[tuple[int, dict[str, Any]]]:
         path = self.path / "judgments.jsonl"
         if not path.is_file():
             return []
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
         last = self.metrics.stages[-1].model if self.metrics.stages else None
-        return [r for r in rows if r["stage"] == last]
+        rows = []
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line:
+                continue
+            try:
+                raw = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(path, f"not a JSON line: {exc}", line=n) from exc
+            if not isinstance(raw, dict):
+                raise InputError(path, "expected a JSON object per line", line=n)
+            if raw.get("stage") == last:
+                rows.append((n, raw))
+        return rows
 
     @cached_property
     def execution(self) -> Execution | None:

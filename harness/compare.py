@@ -22,6 +22,7 @@ from typing import Any
 from harness import stats
 from harness.bundle import Bundle, read_bundle
 from harness.errors import ConfigError, HarnessError
+from harness.records import generated_tokens
 
 log = logging.getLogger(__name__)
 
@@ -177,11 +178,11 @@ def _rankings(row: TaskComparison, ba: Bundle, bb: Bundle) -> None:
 
 
 def _judgments(row: TaskComparison, ba: Bundle, bb: Bundle) -> None:
-    ja = {(j["query_id"], j["doc_id"]): j for j in ba.judgments()}
-    jb = {(j["query_id"], j["doc_id"]): j for j in bb.judgments()}
+    ja = {(j.query_id, j.doc_id): j for j in ba.judgment_rows()}
+    jb = {(j.query_id, j.doc_id): j for j in bb.judgment_rows()}
     keys = sorted(set(ja) & set(jb))
     if keys:
-        row.scores = ([ja[k]["score"] for k in keys], [jb[k]["score"] for k in keys])
+        row.scores = ([ja[k].score for k in keys], [jb[k].score for k in keys])
         row.same_scale = _last_type(ba) == _last_type(bb)
     else:  # first stages, or different candidates: the run scores of the shared top documents
         ra, rb = ba.run, bb.run
@@ -196,11 +197,11 @@ def _judgments(row: TaskComparison, ba: Bundle, bb: Bundle) -> None:
     types = {_last_type(ba), _last_type(bb)}
     if len(types) == 1 and (family := types.pop()) in DECISIONS:
         threshold = DECISIONS[family]
-        usable = [k for k in keys if ja[k]["fallback"] != UNSCORABLE and jb[k]["fallback"] != UNSCORABLE]
+        usable = [k for k in keys if ja[k].fallback != UNSCORABLE and jb[k].fallback != UNSCORABLE]
         row.decisions = len(usable)
-        row.flips = sum((ja[k]["score"] > threshold) != (jb[k]["score"] > threshold) for k in usable)
-    ta = [ja[k]["generated_tokens"] for k in keys if "generated_tokens" in ja[k]]
-    tb = [jb[k]["generated_tokens"] for k in keys if "generated_tokens" in jb[k]]
+        row.flips = sum((ja[k].score > threshold) != (jb[k].score > threshold) for k in usable)
+    ta = generated_tokens([ja[k].record for k in keys])
+    tb = generated_tokens([jb[k].record for k in keys])
     if ta and tb:
         row.tokens = (statistics.fmean(ta), statistics.fmean(tb))
 

@@ -16,7 +16,7 @@ from harness.cache import Cache, stable_hash
 from harness.errors import ConfigError, HarnessError
 from harness.evaluate import Evaluation, check_measures, evaluate, judged_documents, refuse_unmatched
 from harness.firststage import FirstStage, load_first_stage
-from harness.records import Document, Judgment, Run, ScoredDoc, sort_trec
+from harness.records import Document, Judgment, Ranking, Run, ScoredDoc, sort_trec
 from harness.registry import build_reranker, load_model_config, resolve_model_weights
 from harness.rerankers.base import ModelConfig, RerankRequest, RerankStats
 from harness.taskdata import TaskData, load_task_data
@@ -59,10 +59,14 @@ class StageResult:
     fingerprint: dict[str, Any]
     depth: int
     stats: RerankStats
-    judgments: list[Judgment]
+    rankings: list[Ranking]  # per query: its judgments, and what the family keeps per query
     seconds: float
     peak_rss_mb: float | None = None  # the process's peak resident memory when the stage ended
     peak_gpu_mb: float | None = None  # torch's peak CUDA allocation during the stage
+
+    @property
+    def judgments(self) -> list[Judgment]:
+        return [j for ranking in self.rankings for j in ranking]
 
 
 @dataclass
@@ -249,10 +253,7 @@ def run_pipeline(
         return outcome
     if pipeline.stages:
         documents = _documents_for(stage0, data)
-        queries = dict(data.queries)
-        if stage0.queries:
-            for qid, text in stage0.queries.items():
-                queries.setdefault(qid, text)
+        queries = _queries_for(stage0, data)
         current = stage0.run
         with Cache(cache_path or results / "cache.sqlite") as cache:
             for stage, config, resolved in zip(pipeline.stages, configs, weights, strict=True):
@@ -310,16 +311,52 @@ def _baselines(names: list[str], results: Path, task: str, stage0: FirstStage,
 
 
 def _preflight(pipeline: PipelineSpec, configs: list[ModelConfig], stage0: FirstStage, data: TaskData) -> list[Any]:
-    """What each stage would send to its model. Later stages see the first stage's order (their
-    real input depends on the earlier stages' outputs, but not their lengths)."""
-    from harness.preflight import preflight_stage, requests_for
+    """What each stage would send to its model, from the requests the run would build. Later stages
+    see the first stage's order (their real input depends on the earlier stages' outputs, but not
+    their lengths)."""
+    from harness.preflight import preflight_stage
 
     if not pipeline.stages:
         return []
     documents = _documents_for(stage0, data)
-    queries = {**(stage0.queries or {}), **data.queries}
-    return [preflight_stage(config, requests_for(stage0.run, queries, documents, stage.depth, data.spec.prompt_key))
+    queries = _queries_for(stage0, data)
+    return [preflight_stage(config, stage_requests(stage0.run, queries, documents, stage.depth,
+                                                   data.spec.prompt_key)[0])
             for stage, config in zip(pipeline.stages, configs, strict=True)]
+
+
+def _queries_for(stage: FirstStage, data: TaskData) -> dict[str, str]:
+    """The task's topics, and the texts a first stage carries for queries they lack."""
+    queries = dict(data.queries)
+    for qid, text in (stage.queries or {}).items():
+        queries.setdefault(qid, text)
+    return queries
+
+
+def stage_requests(current: Run, queries: Mapping[str, str], documents: Mapping[str, Document], depth: int | None,
+                   prompt_key: str) -> tuple[list[RerankRequest], list[str]]:
+    """A stage's requests: each query's top `depth` of the current run with their texts, and the
+    queries of the run that have no text (they keep their order). A document without text stops it."""
+    requests = []
+    missing_text: list[str] = []
+    missing_docs: set[str] = set()
+    for qid in sorted(current):
+        if qid not in queries:
+            missing_text.append(qid)
+            continue
+        head = current[qid][:depth] if depth else current[qid]
+        cands = []
+        for d in head:
+            doc = documents.get(d.doc_id)
+            if doc is None:
+                missing_docs.add(d.doc_id)
+            else:
+                cands.append(doc)
+        requests.append(RerankRequest(qid, queries[qid], cands, prompt_key))
+    if missing_docs:
+        raise HarnessError(f"{len(missing_docs)} documents of the run have no text in the corpus: "
+                           f"{sorted(missing_docs)[:5]}")
+    return requests, missing_text
 
 
 def _evaluate(run: Run, data: TaskData, names: list[str], scored: Any = None) -> Evaluation:
@@ -333,30 +370,12 @@ def _evaluate(run: Run, data: TaskData, names: list[str], scored: Any = None) ->
 def _run_stage(stage: StageSpec, config: ModelConfig, weights: ResolvedWeights, current: Run,
                queries: Mapping[str, str], documents: Mapping[str, Document], cache: Cache,
                progress: ProgressFactory | None, prompt_key: str = "") -> tuple[Run, StageResult]:
-    requests = []
-    missing_text: list[str] = []
-    missing_docs: set[str] = set()
-    for qid in sorted(current):
-        if qid not in queries:
-            missing_text.append(qid)
-            continue
-        head = current[qid][: stage.depth] if stage.depth else current[qid]
-        cands = []
-        for d in head:
-            doc = documents.get(d.doc_id)
-            if doc is None:
-                missing_docs.add(d.doc_id)
-            else:
-                cands.append(doc)
-        requests.append(RerankRequest(qid, queries[qid], cands, prompt_key))
+    requests, missing_text = stage_requests(current, queries, documents, stage.depth, prompt_key)
     if missing_text:
         # Not in the task's topics: no qrels judge them either, so they cannot change a measure. They
         # keep their first-stage order and are counted, never silently reranked or dropped.
         log.warning("%d queries of the run have no text in the task's topics; kept in first-stage order: %s",
                     len(missing_text), missing_text[:5])
-    if missing_docs:
-        raise HarnessError(f"{len(missing_docs)} documents of the run have no text in the corpus: "
-                           f"{sorted(missing_docs)[:5]}")
     total = sum(len(r.candidates) for r in requests)
     log.info("stage %s: %d queries, %d documents", config.name, len(requests), total)
     started = time.perf_counter()
@@ -367,9 +386,10 @@ def _run_stage(stage: StageSpec, config: ModelConfig, weights: ResolvedWeights, 
     reranker = build_reranker(config, weights)
     built = time.perf_counter() - started
     tick = progress(f"{config.name}", total) if progress else None
-    judged, stats = reranker.rerank(requests, cache, tick)
+    rankings, stats = reranker.rerank(requests, cache, tick)
     seconds = time.perf_counter() - started
-    stats.seconds = {"build": built, **stats.seconds}  # build: constructing the reranker (eager loads)
+    # build: constructing the reranker (no weights: every family loads them in `load`, counted there)
+    stats.seconds = {"build": built, **stats.seconds}
     if missing_text:
         stats.fallbacks["query-without-text"] = len(missing_text)
     cuda = _cuda()  # torch may have been imported by the stage itself: its peak counts from there
@@ -378,14 +398,12 @@ def _run_stage(stage: StageSpec, config: ModelConfig, weights: ResolvedWeights, 
         peak_gpu = None  # vLLM's engine allocates outside this process's torch: not measured here
     peak_rss = _peak_rss_mb() if rss_reset or _first_stage_of_process() else None
     new_run: Run = dict(current)
-    flat: list[Judgment] = []
-    for req, js in zip(requests, judged, strict=True):
-        new_run[req.query_id] = merge_stage(current[req.query_id], js)
-        flat.extend(js)
+    for req, ranking in zip(requests, rankings, strict=True):
+        new_run[req.query_id] = merge_stage(current[req.query_id], list(ranking))
     depth = stage.depth or max((len(r.candidates) for r in requests), default=0)
     fingerprint = reranker.fingerprint()
     fingerprint["hash"] = stable_hash(fingerprint)
-    return new_run, StageResult(config, fingerprint, depth, stats, flat, seconds, peak_rss, peak_gpu)
+    return new_run, StageResult(config, fingerprint, depth, stats, rankings, seconds, peak_rss, peak_gpu)
 
 
 def _cuda() -> Any:

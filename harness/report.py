@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from harness.records import generated_tokens
 from harness.significance import legend, marks
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ def outcome_rows(outcome: Outcome) -> tuple[list[str], list[list[str]], list[str
             line += "; fallbacks: " + ", ".join(f"{k} {v}" for k, v in sorted(s.fallbacks.items()))
         else:
             line += "; fallbacks: none"
-        tokens = [j.extra["generated_tokens"] for j in st.judgments if "generated_tokens" in j.extra]
+        tokens = generated_tokens([j.record for j in st.judgments])
         if tokens:
             line += f"; mean generated (reasoning) tokens {sum(tokens) / len(tokens):.1f}"
         notes.append(line)

@@ -31,6 +31,7 @@ from harness.identity import check_results_folder
 from harness.io.jsonfmt import read_beir_corpus, read_beir_queries, read_mteb, read_rankgpt
 from harness.io.trec import read_qrels, read_run, read_topics
 from harness.pipeline import PipelineSpec, run_pipeline
+from harness.records import Rank1Record
 from harness.registry import load_model_config
 from harness.rerankers.listwise import parse_ranking
 from harness.rerankers.rank1 import Generation, judge, render_prompt
@@ -167,7 +168,7 @@ def test_rank1_output_fallback_is_counted(entry: dict[str, Any]) -> None:
     assert counts == entry["counts"]
     assert len(forced_prompts) == 1
     assert forced_prompts[0].startswith(prompt) and forced_prompts[0].endswith(entry["expect"][0])
-    assert judgment.extra["forced"] is True
+    assert isinstance(judgment.record, Rank1Record) and judgment.record.forced is True
     if judgment.fallback == "unscorable":
         assert judgment.score < 0  # below every real score, never a silent 0.5
     else:

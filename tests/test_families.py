@@ -87,7 +87,8 @@ def test_dear_input_is_capped_at_228_tokens(tiny_dear: tuple[Path, Path], dl19_t
     with Cache(tmp_path / "c.sqlite") as cache:
         judged, stats = reranker.rerank([RerankRequest("q", "a query", [long_doc, Document("s", "short")])], cache)
     assert stats.fallbacks == {"truncated-passage": 1}
-    assert judged[0][0].extra == {"truncated": True}
+    record = judged[0][0].record
+    assert record is not None and record.row() == {"truncated": True}
 
 
 def test_monot5_scores_are_log_probabilities(tiny_t5: Path, dl19_texts: list[str], tmp_path: Path) -> None:
@@ -103,7 +104,8 @@ def test_monot5_scores_are_log_probabilities(tiny_t5: Path, dl19_texts: list[str
 def test_monot5_keeps_relevant_when_truncating(tiny_t5: Path, dl19_texts: list[str], tmp_path: Path) -> None:
     reranker = build_reranker(parse_model_config(
         {"name": "t5", "type": "monot5", "weights": {"path": str(tiny_t5)}, "max_length": 64}, "test"))
-    prompt, cut = reranker.pair_input("what is a flea", Document("x", " ".join(dl19_texts[100:105])))  # type: ignore[attr-defined]
+    item = reranker.pair_input("what is a flea", Document("x", " ".join(dl19_texts[100:105])))  # type: ignore[attr-defined]
+    prompt, cut = reranker.render(item)  # type: ignore[attr-defined]
     assert cut and prompt.endswith("Relevant:")
     assert len(reranker.tokenizer(prompt)["input_ids"]) <= 64  # type: ignore[attr-defined]
 

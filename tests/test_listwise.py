@@ -166,7 +166,7 @@ def check_result(requests: list[RerankRequest], judged: list, expected_spans: li
         assert sorted(j.doc_id for j in js) == sorted(ids)  # a permutation of the input
         n = len(ids)
         assert [j.score for j in js] == [float(n - p) for p in range(n)]
-        windows = js[0].extra["listwise_windows"]
+        windows = [w.row() for w in js.windows]
         assert [w["span"] for w in windows] == expected_spans
         # replaying the recorded window orders on the input gives the final order
         order = ids
@@ -180,7 +180,7 @@ def check_result(requests: list[RerankRequest], judged: list, expected_spans: li
 def total_counts(judged: list) -> dict[str, int]:  # type: ignore[type-arg]
     totals: dict[str, int] = {}
     for js in judged:
-        for w in js[0].extra["listwise_windows"]:
+        for w in [w.row() for w in js.windows]:
             for k, v in w["counts"].items():
                 totals[k] = totals.get(k, 0) + v
     return totals
@@ -194,7 +194,7 @@ def test_tiny_llama_reranks_and_caches(tmp_path: Path, tiny_llama: Path, dl19_re
         assert first.calls == 9 and stats.items == 9 and stats.computed == 9 and stats.from_cache == 0
         check_result(dl19_requests, judged, spans)
         assert stats.fallbacks == total_counts(judged) and stats.fallbacks  # random weights: garbage, counted
-        windows = [w for js in judged for w in js[0].extra["listwise_windows"]]
+        windows = [w.row() for js in judged for w in js.windows]
         assert all(w["output"] and w["new_tokens"] >= 1 and w["prompt_tokens"] > 100 for w in windows)
         # the rerun makes no model call and does not even load the model
         second = ListwiseReranker(tiny_config(tiny_llama))
@@ -228,8 +228,8 @@ def test_merged_lora(tmp_path: Path, tiny_llama: Path, tiny_llama_lora: Path,
         judged, stats = lora.rerank(requests, cache)
         assert stats.computed == 6 and lora.calls == 6  # not the base model's cache entries
         check_result(requests, judged, [[6, 12], [3, 9], [0, 6]])
-        outputs = [w["output"] for js in judged for w in js[0].extra["listwise_windows"]]
-        base_outputs = [w["output"] for js in base_judged for w in js[0].extra["listwise_windows"]]
+        outputs = [w.output for js in judged for w in js.windows]
+        base_outputs = [w.output for js in base_judged for w in js.windows]
         assert outputs != base_outputs  # the adapter was merged in
         fp = lora.fingerprint()
         assert fp["base"]["revision"].startswith("sha256:") and "peft" in fp["versions"]
@@ -249,11 +249,11 @@ def test_sampling_is_seeded(tmp_path: Path, tiny_llama: Path, dl19_requests: lis
             reranker = ListwiseReranker(tiny_config(tiny_llama, temperature=0.7, top_p=0.9, seed=3))
             judged, stats = reranker.rerank(requests, cache)
             assert stats.computed == 3
-            outputs.append([w["output"] for w in judged[0][0].extra["listwise_windows"]])
+            outputs.append([w.output for w in judged[0].windows])
     assert outputs[0] == outputs[1]
     with Cache(tmp_path / "greedy.sqlite") as cache:
         greedy, _ = ListwiseReranker(tiny_config(tiny_llama)).rerank(requests, cache)
-    assert outputs[0] != [w["output"] for w in greedy[0][0].extra["listwise_windows"]]  # it did sample
+    assert outputs[0] != [w.output for w in greedy[0].windows]  # it did sample
 
 
 def test_two_stage_pipeline(tmp_path: Path, tiny_cross_encoder: Path, tiny_llama: Path, results: Path) -> None:

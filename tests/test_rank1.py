@@ -22,7 +22,7 @@ from harness.cache import Cache, stable_hash
 from harness.data import mirror_dir
 from harness.errors import ConfigError
 from harness.pipeline import PipelineSpec, StageSpec, run_pipeline
-from harness.records import Document
+from harness.records import Document, Judgment, Rank1Record
 from harness.registry import load_model_config
 from harness.rerankers.base import RerankRequest
 from harness.rerankers.rank1 import (
@@ -85,8 +85,10 @@ def test_prompt_and_templates_exact(tiny_qwen: Path) -> None:
         "**refutes** this claim. A passage with any information on any related subpart should be relevant.")
     assert prompts.templates["arguana"].endswith("could be used to help me?\n\n")
     assert "explicitly. \n\nFind me passages" in prompts.templates["nfcorpus"]  # trailing space kept
-    assert set(prompts.templates) == {"scifact", "climate-fever", "trec-covid", "arguana", "dbpedia-entity", "fiqa",
-                                      "nfcorpus", "webis-touche2020", "scidocs"}
+    # BEIR's; BRIGHT's (bright_<subset>) are checked in tests/test_long_passages.py
+    assert {k for k in prompts.templates if not k.startswith("bright_")} == {
+        "scifact", "climate-fever", "trec-covid", "arguana", "dbpedia-entity", "fiqa", "nfcorpus",
+        "webis-touche2020", "scidocs"}
     assert fill_query(prompts.templates["fiqa"], "Is gold safe?") == (
         "Is gold safe? Find a passage that would be a good answer from StackExchange.")
 
@@ -110,6 +112,12 @@ def test_prompt_and_templates_exact(tiny_qwen: Path) -> None:
 
 
 # --- (e) scripted outputs through the pure logic --------------------------------------------------
+
+def rec(judgment: Judgment) -> Rank1Record:
+    """A rank1 judgment's typed record."""
+    assert isinstance(judgment.record, Rank1Record)
+    return judgment.record
+
 
 def gen(text: str, finish: str, logprobs: dict[int, float], tokens: int = 5) -> Generation:
     return Generation(tuple(range(tokens)), text, finish, logprobs, 7)
@@ -171,11 +179,11 @@ def test_judge_scripted_generations() -> None:
     assert calls[1][0] == list(forced_out)
     assert [j.score for j in js] == pytest.approx([0.9, 0.3, UNSCORABLE_SCORE, 0.5, 0.5])
     assert [j.fallback for j in js] == [None, "forced-answer", "unscorable", "unfinished-scored", "forced-answer"]
-    assert [j.extra["finish"] for j in js] == ["stop", "forced", "forced", "length", "forced"]
-    assert [j.extra["chain_finish"] for j in js] == ["stop", "length", "eos", "length", "stop"]
-    assert [j.extra["forced"] for j in js] == [False, True, True, False, True]
-    assert [j.extra["generated_tokens"] for j in js] == [5, 6, 6, 5, 6]
-    assert js[1].extra["reasoning"] == "First. Second! third unfin"
+    assert [rec(j).finish for j in js] == ["stop", "forced", "forced", "length", "forced"]
+    assert [rec(j).chain_finish for j in js] == ["stop", "length", "eos", "length", "stop"]
+    assert [rec(j).forced for j in js] == [False, True, True, False, True]
+    assert [rec(j).generated_tokens for j in js] == [5, 6, 6, 5, 6]
+    assert rec(js[1]).reasoning == "First. Second! third unfin"
     assert all(0.0 <= j.score <= 1.0 for j in js if j.fallback != "unscorable")
 
 
@@ -192,9 +200,9 @@ def test_judge_scripted_rethink() -> None:
     js = judge(["P<think>"], scripted, T, F, max_new_tokens=8, rethink=2)
     assert seen == [["P<think>"], ["P<think>pass1\nWait"], ["P<think>pass1\nWaitpass2\nWait"]]
     j = js[0]
-    assert j.extra["reasoning"] == "pass1\nWaitpass2\nWaitpass3</think> junk"
+    assert rec(j).reasoning == "pass1\nWaitpass2\nWaitpass3</think> junk"
     assert j.score == pytest.approx(math.exp(-0.1) / (math.exp(-0.1) + math.exp(-0.6)))  # the last pass decides
-    assert len(j.extra["passes"]) == 3 and j.extra["generated_tokens"] == 15 and j.fallback is None
+    assert len(rec(j).passes) == 3 and rec(j).generated_tokens == 15 and j.fallback is None
 
 
 # --- (b, d) the transformers backend on real DL19 candidates --------------------------------------
@@ -207,16 +215,16 @@ def test_transformers_scores_dl19_with_forcing(tiny_qwen: Path, tmp_path: Path) 
         judged, stats = reranker.rerank(requests, cache)
         flat = [j for js in judged for j in js]
         assert stats.items == stats.computed == 12
-        forced = sum(j.extra["forced"] for j in flat)
+        forced = sum(rec(j).forced for j in flat)
         assert forced >= 10  # 16 tokens of a random model rarely end in "</think> true"
         assert stats.fallbacks.get("forced-answer", 0) == forced
         assert "unscorable" not in stats.fallbacks
         for j in flat:
             assert 0.0 < j.score < 1.0
-            assert isinstance(j.extra["reasoning"], str) and j.extra["reasoning"]
-            assert 1 <= j.extra["generated_tokens"] <= 17
-            assert j.extra["prompt_tokens"] > 20
-            assert j.extra["finish"] in ("forced", "stop", "length", "eos")
+            assert isinstance(rec(j).reasoning, str) and rec(j).reasoning
+            assert 1 <= rec(j).generated_tokens <= 17
+            assert rec(j).prompt_tokens > 20
+            assert rec(j).finish in ("forced", "stop", "length", "eos")
         # the cache key is the full rendered prompt, with the trec-covid template filled in
         fp = stable_hash(reranker.fingerprint())
         req = requests[0]
@@ -239,12 +247,12 @@ def test_transformers_rethink_passes(tiny_qwen: Path, tmp_path: Path) -> None:
         rethought, stats = twice.rerank(requests, cache)
     assert stats.computed == 4
     for p, r in zip([j for js in plain for j in js], [j for js in rethought for j in js], strict=True):
-        passes = r.extra["passes"]
+        passes = rec(r).passes
         assert len(passes) == 3
-        assert r.extra["reasoning"].count("\nWait") >= 2
-        first = p.extra["reasoning"].split("</think>", 1)[0]
-        assert r.extra["reasoning"].startswith(first + "\nWait")
-        assert r.extra["generated_tokens"] == sum(x["tokens"] for x in passes) + int(r.extra["forced"])
+        assert rec(r).reasoning.count("\nWait") >= 2
+        first = rec(p).reasoning.split("</think>", 1)[0]
+        assert rec(r).reasoning.startswith(first + "\nWait")
+        assert rec(r).generated_tokens == sum(x.tokens for x in passes) + int(rec(r).forced)
         assert 0.0 < r.score < 1.0
 
 

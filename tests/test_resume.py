@@ -38,13 +38,13 @@ def _config(tmp_path: Path, weights: Path) -> Path:
 class Job:
     """One `harness eval` command line with its results folder and call log."""
 
-    def __init__(self, config: Path, results: Path, calls: Path) -> None:
+    def __init__(self, config: Path, results: Path, calls: Path, depth: int = DEPTH) -> None:
         self.results, self.calls = results, calls
         self.cmd = [sys.executable, "-m", "harness", "eval", "--model", str(config), "--task", "trec-dl-2019",
-                    "--depth", str(DEPTH), "--results", str(results), "--no-progress"]
+                    "--depth", str(depth), "--results", str(results), "--no-progress"]
         # One thread everywhere: the reference and the resumed run do the same arithmetic.
         self.env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HARNESS_CALL_LOG": str(calls)}
-        self.bundle = results / "trec-dl-2019" / f"bm25.top{DEPTH}" / "tiny-ce"
+        self.bundle = results / "trec-dl-2019" / f"bm25.top{depth}" / config.stem
         self.attempt = 0
 
     def start(self) -> subprocess.Popen[bytes]:
@@ -149,3 +149,73 @@ def test_sigkill_at_random_moments_resumes_to_the_same_bundle(tmp_path: Path, ti
     assert {k for k, n in counts.items() if n > 1} == lost and max(counts.values()) <= 2
     assert sum(line["n"] for line in job.lines()) == ITEMS + len(lost)
     assert sum(line["n"] for line in reference.lines()) == ITEMS
+
+
+# --- listwise: windows go through the same engine --------------------------------------------------
+
+LW_DEPTH = 6  # window 3, step 2: three windows a query, in three rounds
+LW_WINDOWS = 43 * 3
+LW_CHUNK = 4  # cache_every: windows between commits
+
+
+def _rows_without_cached_flags(bundle: Path) -> list[dict[str, Any]]:
+    """judgments.jsonl, without the windows' `cached` flags (a resumed run found some in the cache)."""
+    rows = [json.loads(line) for line in (bundle / "judgments.jsonl").read_text().splitlines()]
+    for row in rows:
+        for window in row.get("listwise_windows", []):
+            del window["cached"]
+    return rows
+
+
+def test_listwise_sigkill_resumes_to_the_same_bundle(tmp_path: Path, dl19_texts: list[str]) -> None:
+    """Listwise windows are committed by the engine every `cache_every`, as pointwise pairs: killed in
+    the middle of a round, the run resumes where it stopped and gives the uninterrupted bundle, with
+    no committed window generated twice."""
+    from harness.tiny import build_causal_lm
+
+    weights = build_causal_lm(tmp_path / "tiny-llama", dl19_texts, "llama")
+    config = tmp_path / "tiny-listwise.yaml"
+    config.write_text(yaml.safe_dump({"name": "tiny-listwise", "type": "listwise", "weights": {"path": str(weights)},
+                                      "window": 3, "step": 2, "max_new_tokens": 6, "max_passage_words": 40,
+                                      "batch_size": 4, "cache_every": LW_CHUNK}))
+    rng = random.Random(20240611)
+    reference = Job(config, tmp_path / "reference", tmp_path / "reference-calls.jsonl", LW_DEPTH)
+    job = Job(config, tmp_path / "results", tmp_path / "calls.jsonl", LW_DEPTH)
+    uninterrupted = reference.start()
+
+    lost: set[str] = set()
+    for _ in range(2):
+        proc = job.start()
+        batches = rng.randint(2, 14)
+        _wait(proc, lambda: len(job.lines(proc.pid)) >= batches, f"{batches} batches", job)  # noqa: B023
+        time.sleep(rng.uniform(0.0, 0.05))
+        proc.kill()
+        proc.wait()
+        committed, mine = job.committed(), job.lines(proc.pid)
+        computed = {k for line in mine for k in line["keys"]}
+        assert computed - committed <= set(mine[-1]["keys"])  # lost: at most the chunk in flight
+        assert {k for line in mine[:-1] for k in line["keys"]} <= committed
+        assert committed <= {k for line in job.lines() for k in line["keys"]}
+        assert len(committed) < LW_WINDOWS
+        lost |= computed - committed
+
+    before = len(job.committed())
+    proc = job.start()
+    assert proc.wait(timeout=300) == 0, job.output()[-3000:]
+    execution = json.loads((job.bundle / "execution.json").read_text())["stages"][0]
+    assert (execution["items"], execution["from_cache"], execution["computed"]) == (LW_WINDOWS, before,
+                                                                                    LW_WINDOWS - before)
+    assert set(execution["seconds_split"]) >= {"build", "load", "model", "cache"}
+    assert uninterrupted.wait(timeout=300) == 0, reference.output()[-3000:]
+    for name in ("first_stage.trec", "run.trec", "per_query.tsv"):
+        assert (job.bundle / name).read_bytes() == (reference.bundle / name).read_bytes(), name
+    assert _metrics(job.bundle) == _metrics(reference.bundle)
+    assert _rows_without_cached_flags(job.bundle) == _rows_without_cached_flags(reference.bundle)
+
+    # Counting model calls: each window generated once, except those lost between model and commit.
+    counts = Counter(k for line in job.lines() for k in line["keys"])
+    assert set(counts) == job.committed() and len(counts) == LW_WINDOWS
+    assert {k for k, n in counts.items() if n > 1} == lost and max(counts.values()) <= 2
+    assert sum(line["n"] for line in job.lines()) == LW_WINDOWS + len(lost)
+    assert sum(line["n"] for line in reference.lines()) == LW_WINDOWS
+    assert max(line["n"] for line in reference.lines()) == LW_CHUNK

@@ -11,13 +11,23 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import json
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
 
 from harness.errors import MissingDependencyError, require
-from harness.records import Document, Judgment
-from harness.rerankers.base import MIN_MAX_LENGTH, ModelConfig, PointwiseReranker, torch_device_and_dtype
+from harness.records import Document, Judgment, TruncationRecord
+from harness.rerankers.base import (
+    MIN_MAX_LENGTH,
+    ModelConfig,
+    PointwiseReranker,
+    Preview,
+    RerankRequest,
+    torch_device_and_dtype,
+)
 
 
 class BiEncoderConfig(ModelConfig):
@@ -74,6 +84,19 @@ class BiEncoder(PointwiseReranker):
         text = f"{doc.title} {doc.text}".strip() if doc.title else doc.text
         return [self.config.query_prefix + query, self.config.document_prefix + text]
 
+    def preview(self, requests: Sequence[RerankRequest]) -> Preview:
+        """The passages as the model reads them (prefix included), against its max_seq_length; the
+        tokenizer alone is loaded."""
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(self.weights.local_dir,
+                                                  trust_remote_code=self.config.trust_remote_code)
+        docs = [text for _, text in self.inputs(requests)]
+        st_config = Path(self.weights.local_dir) / "sentence_bert_config.json"
+        own = json.loads(st_config.read_text())["max_seq_length"] if st_config.is_file() else None
+        context = self.config.max_length or own or min(int(tokenizer.model_max_length), 512)
+        return Preview(docs[0] if docs else "", [len(ids) for ids in tokenizer(docs)["input_ids"]], context)
+
     def score_pairs(self, inputs: list[Any]) -> list[Judgment]:
         import torch
 
@@ -96,9 +119,5 @@ class BiEncoder(PointwiseReranker):
             qi = torch.tensor([index[q] for q, _ in inputs], device=emb.device)
             di = torch.tensor([index[d] for _, d in inputs], device=emb.device)
             scores = model.similarity_pairwise(emb[qi], emb[di]).float().cpu().tolist()
-        out = []
-        for (_, d), s in zip(inputs, scores, strict=True):
-            truncated = full[index[d]] > limit
-            out.append(Judgment("", "", float(s), {"truncated": truncated} if truncated else {},
-                                "truncated-passage" if truncated else None))
-        return out
+        return [Judgment("", "", float(s), TruncationRecord(), "truncated-passage") if full[index[d]] > limit
+                else Judgment("", "", float(s)) for (_, d), s in zip(inputs, scores, strict=True)]

