@@ -26,6 +26,8 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -73,6 +75,30 @@ class Streams(Protocol):
         ...
 
 
+class Executor(Protocol):
+    """Computes an engine's pending items somewhere else (harness.workers: Ray actors, one model replica
+    each), in the engine's chunks, committing each on this process with `commit(outputs, logged=True)`
+    (the worker wrote the call-log line); returns the seconds it waited (for workers, other processes)."""
+
+    def compute(self, engine: Engine, todo: dict[str, Any], commit: Callable[..., None],
+                arrived: Callable[[dict[str, Any]], None]) -> float:
+        ...
+
+
+_EXECUTOR: ContextVar[Executor | None] = ContextVar("harness_executor", default=None)
+
+
+@contextmanager
+def executing(executor: Executor | None) -> Iterator[None]:
+    """Engines made inside compute their pending items on `executor` (None: in this process). The
+    pipeline sets it around a stage, so every family, and each member of an ensemble, uses it."""
+    token = _EXECUTOR.set(executor)
+    try:
+        yield
+    finally:
+        _EXECUTOR.reset(token)
+
+
 @dataclass
 class EngineStats:
     """Counts and seconds of every `run` of one engine. `computed`: distinct items computed by this
@@ -93,8 +119,9 @@ class Engine:
     of listwise windows); counts and times add up across calls."""
 
     def __init__(self, family: Computes, fingerprint: dict[str, Any], cache: Cache, *, cache_every: int,
-                 progress: Progress | None = None) -> None:
+                 progress: Progress | None = None, executor: Executor | None = None) -> None:
         self.family = family
+        self.executor = executor if executor is not None else _EXECUTOR.get()
         self.model_key = stable_hash(fingerprint)
         self.cache = cache
         self.cache_every = max(1, cache_every)
@@ -132,8 +159,9 @@ class Engine:
                 todo[key] = given
         computed: set[str] = set()
 
-        def commit(outputs: dict[str, Any]) -> None:
-            log_calls(self.model_key, list(outputs))
+        def commit(outputs: dict[str, Any], logged: bool = False) -> None:
+            if not logged:
+                log_calls(self.model_key, list(outputs))
             self.cache.put_many(self.model_key, outputs)
             known.update(outputs)
             computed.update(outputs)
@@ -147,7 +175,10 @@ class Engine:
             known.update(found)
             self.advance(sum(units[k] for k in found))
 
-        waited = compute_once(self.cache, list(todo), self.cache_every, compute, arrived) if todo else 0.0
+        if todo and self.executor is not None:  # on workers, in the same chunks; committed here
+            waited = self.executor.compute(self, todo, commit, arrived)
+        else:
+            waited = compute_once(self.cache, list(todo), self.cache_every, compute, arrived) if todo else 0.0
         self.stats.computed += len(computed)
         self.stats.from_cache += sum(1 for k in keys if k not in computed)
         # Cache: everything else of the run (look-up, claims, commits, keys), not timed piece by piece.
