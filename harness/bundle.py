@@ -150,11 +150,13 @@ def write_bundle(outcome: Outcome, data: TaskData, results: Path) -> Path:
 
 
 def _stage_execution(st: Any) -> StageExecution:
-    """A stage's wall time (and where it went: build, load, model, cache), counts and peak memory."""
+    """A stage's wall time (and where it went: build, load, model, cache), counts, peak memory, and the
+    Ray workers that computed it (their devices, items and seconds)."""
     counts = st.stats.as_dict()
     split = counts.pop("seconds", None)
     return StageExecution(model=st.config.name, seconds=round(st.seconds, 3), **counts, seconds_split=split or None,
-                          peak_rss_mb=_round(st.peak_rss_mb), peak_gpu_mb=_round(st.peak_gpu_mb))
+                          peak_rss_mb=_round(st.peak_rss_mb), peak_gpu_mb=_round(st.peak_gpu_mb),
+                          mode=st.mode, workers=st.workers)  # workers: Ray's (--workers), with their devices
 
 
 def _measured(aggregate: dict[str, float]) -> dict[str, float]:

@@ -8,11 +8,12 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from harness.cache import Cache, stable_hash
+from harness.engine import executing
 from harness.errors import ConfigError, HarnessError
 from harness.evaluate import Evaluation, check_measures, evaluate, judged_documents, refuse_unmatched
 from harness.firststage import FirstStage, load_first_stage
@@ -22,6 +23,9 @@ from harness.rerankers.base import ModelConfig, RerankRequest, RerankStats
 from harness.taskdata import TaskData, load_task_data
 from harness.tasks import TaskSpec, load_task
 from harness.weights import ResolvedWeights
+
+if TYPE_CHECKING:
+    from harness.workers import RayWorkers
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +67,8 @@ class StageResult:
     seconds: float
     peak_rss_mb: float | None = None  # the process's peak resident memory when the stage ended
     peak_gpu_mb: float | None = None  # torch's peak CUDA allocation during the stage
+    mode: str | None = None  # with Ray workers: how the items were computed (None: in this process)
+    workers: list[dict[str, Any]] | None = None  # with Ray workers: each worker's node, devices, items, seconds
 
     @property
     def judgments(self) -> list[Judgment]:
@@ -200,10 +206,12 @@ def run_pipeline(
     dry_run: bool = False,
     baselines: list[str] | None = None,
     allow_unmatched: bool = False,
+    workers: RayWorkers | None = None,
 ) -> Outcome:
     """Evaluate a pipeline on a task; `baselines` name pipelines whose bundles for the same task,
     first stage and depth exist already: the reranked scores are tested against them. A first stage
-    that matches nothing judged stops the run unless `allow_unmatched`."""
+    that matches nothing judged stops the run unless `allow_unmatched`. `workers`: compute the pending
+    items on Ray workers (harness.workers) instead of in this process."""
     started = time.perf_counter()
     timings: dict[str, float] = {}
     lap = _stopwatch(timings)
@@ -258,7 +266,7 @@ def run_pipeline(
         with Cache(cache_path or results / "cache.sqlite") as cache:
             for stage, config, resolved in zip(pipeline.stages, configs, weights, strict=True):
                 current, result = _run_stage(stage, config, resolved, current, queries, documents, cache,
-                                             progress, spec.prompt_key)
+                                             progress, spec.prompt_key, workers)
                 outcome.stages.append(result)
                 lap(f"stage {config.name}")
         outcome.final_run = current
@@ -369,7 +377,8 @@ def _evaluate(run: Run, data: TaskData, names: list[str], scored: Any = None) ->
 
 def _run_stage(stage: StageSpec, config: ModelConfig, weights: ResolvedWeights, current: Run,
                queries: Mapping[str, str], documents: Mapping[str, Document], cache: Cache,
-               progress: ProgressFactory | None, prompt_key: str = "") -> tuple[Run, StageResult]:
+               progress: ProgressFactory | None, prompt_key: str = "",
+               workers: RayWorkers | None = None) -> tuple[Run, StageResult]:
     requests, missing_text = stage_requests(current, queries, documents, stage.depth, prompt_key)
     if missing_text:
         # Not in the task's topics: no qrels judge them either, so they cannot change a measure. They
@@ -386,7 +395,9 @@ def _run_stage(stage: StageSpec, config: ModelConfig, weights: ResolvedWeights, 
     reranker = build_reranker(config, weights)
     built = time.perf_counter() - started
     tick = progress(f"{config.name}", total) if progress else None
-    rankings, stats = reranker.rerank(requests, cache, tick)
+    with executing(workers):  # every engine of the stage computes on the workers, if any
+        rankings, stats = reranker.rerank(requests, cache, tick)
+    mode, used = workers.collect() if workers is not None else (None, [])
     seconds = time.perf_counter() - started
     # build: constructing the reranker (no weights: every family loads them in `load`, counted there)
     stats.seconds = {"build": built, **stats.seconds}
@@ -403,7 +414,8 @@ def _run_stage(stage: StageSpec, config: ModelConfig, weights: ResolvedWeights, 
     depth = stage.depth or max((len(r.candidates) for r in requests), default=0)
     fingerprint = reranker.fingerprint()
     fingerprint["hash"] = stable_hash(fingerprint)
-    return new_run, StageResult(config, fingerprint, depth, stats, rankings, seconds, peak_rss, peak_gpu)
+    return new_run, StageResult(config, fingerprint, depth, stats, rankings, seconds, peak_rss, peak_gpu,
+                                mode=mode, workers=used or None)
 
 
 def _cuda() -> Any:

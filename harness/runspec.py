@@ -35,6 +35,10 @@ class RunSpec(BaseModel):
     results: str = "results"
     baselines: list[str] = []  # models of this run the others are tested against (they run first)
     allow_unmatched: bool = False  # evaluate a first stage that matches nothing judged (every measure 0)
+    # Ray workers (harness.workers): compute on this many model replicas, each with this many GPUs
+    # (None: the model's tensor_parallel_size where the cluster has GPUs); `--workers` overrides.
+    workers: int | None = Field(default=None, ge=1)
+    gpus_per_worker: float | None = Field(default=None, ge=0)
     # Training configs (`python -m harness train`) run first; their folders may be models of the run.
     train: list[str] = []
     compare: list[ComparePair] = []

@@ -88,6 +88,23 @@ class Metrics(_Record):
         return self.measures[0]
 
 
+class WorkerExecution(_Record):
+    """One Ray worker of a stage (`--workers N`, harness.workers): where it ran and what it computed."""
+
+    worker: int
+    model: str
+    node: str
+    node_ip: str
+    node_id: str
+    pid: int
+    devices: list[str]  # the GPU ids Ray gave it; none for a CPU replica
+    chunks: int
+    items: int
+    seconds: dict[str, float]  # load, model (timed on the worker), busy (dispatch to result, on the driver)
+    status: str  # ready | died | starting (never answered)
+    lost_items: int  # items of its chunks in flight when it died, computed again by another worker
+
+
 class StageExecution(_Record):
     model: str
     seconds: float
@@ -98,6 +115,10 @@ class StageExecution(_Record):
     seconds_split: dict[str, float] | None = None  # build, load, model, cache
     peak_rss_mb: float | None
     peak_gpu_mb: float | None
+    # How the items were computed: None in one process; with Ray workers, the mode (what may differ
+    # from one process) and the workers.
+    mode: str | None = None
+    workers: list[WorkerExecution] | None = None
 
     @property
     def fully_computed(self) -> bool:
