@@ -75,8 +75,21 @@ def run(config: Path, depth: int, results: Path, workers: int | None, gpus: floa
     return {"wall": wall, "bundle": bundle, "stage": stage}
 
 
-def same_bundle(a: Path, b: Path) -> bool:
-    return all((a / name).read_bytes() == (b / name).read_bytes() for name in ("run.trec", "metrics.json"))
+def bundle_difference(a: Path, b: Path) -> str | None:
+    """None when run.trec and metrics.json are byte-identical; else what differs. metrics.json records
+    the code's git commit: a commit landing between two runs (work going on in the tree) is said so."""
+    if (a / "run.trec").read_bytes() != (b / "run.trec").read_bytes():
+        return "run.trec differs"
+    if (a / "metrics.json").read_bytes() == (b / "metrics.json").read_bytes():
+        return None
+    mine, theirs = (json.loads((x / "metrics.json").read_text()) for x in (a, b))
+    keys = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+    if keys == ["provenance"]:
+        inner = sorted(k for k in mine["provenance"] if mine["provenance"][k] != theirs["provenance"].get(k))
+        if inner == ["code"]:
+            return "metrics.json differs only in the code commit (a commit landed between the runs)"
+        keys = [f"provenance.{k}" for k in inner]
+    return f"metrics.json differs in {', '.join(keys)}"
 
 
 def report(label: str, got: dict[str, Any], baseline: dict[str, Any] | None) -> None:
@@ -95,8 +108,9 @@ def report(label: str, got: dict[str, Any], baseline: dict[str, Any] | None) -> 
         print(f"  worker {w['worker']} (node {w['node']}, devices {devices}, pid {w['pid']}): {w['items']} items in "
               f"{w['chunks']} chunks, load {w['seconds']['load']:.1f} s, model {w['seconds']['model']:.1f} s")
     if baseline is not None:
-        same = same_bundle(got["bundle"], baseline["bundle"])
-        print(f"  bundle (run.trec, metrics.json) identical to one process's: {same} (goal: identical: {met(same)})")
+        difference = bundle_difference(got["bundle"], baseline["bundle"])
+        print(f"  bundle (run.trec, metrics.json) against one process's: {difference or 'byte-identical'} "
+              f"(goal: identical: {met(difference is None)})")
         print(f"  mode: {stage.get('mode')}")
 
 

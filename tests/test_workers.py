@@ -23,10 +23,11 @@ import pytest
 import yaml
 
 from harness.engine import CALL_LOG_ENV
-from harness.errors import ConfigError
+from harness.errors import ConfigError, InputError
 from harness.pipeline import PipelineSpec, StageSpec, run_pipeline
 from harness.registry import MODELS_DIR
-from harness.workers import RayWorkers, WorkerSpec
+from harness.runspec import load_run_spec
+from harness.workers import RayWorkers, WorkerSpec, differences
 
 if os.environ.get("CI"):
     import ray  # CI installs the ray extra: these tests run there, never skip
@@ -228,3 +229,26 @@ def test_cli_workers_on_a_running_cluster(one_process: tuple[PipelineSpec, Path]
     bundle = next(tmp_path.rglob("metrics.json")).parent
     same_bundle(bundle, expected)
     assert len(execution(bundle)["workers"]) == 2
+
+
+# --- settings ---------------------------------------------------------------------------------------
+
+def test_worker_settings_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--workers 0: expected a number of Ray workers >= 1"):
+        WorkerSpec(0)
+    with pytest.raises(ConfigError, match="--gpus-per-worker -1: expected a number of GPUs >= 0"):
+        WorkerSpec(2, gpus_per_worker=-1)
+    run = tmp_path / "run.yaml"
+    run.write_text(yaml.safe_dump({"name": "r", "tasks": [TASK], "models": ["minilm-l6"], "workers": 0}))
+    with pytest.raises(InputError, match="workers"):
+        load_run_spec(run)
+    run.write_text(yaml.safe_dump({"name": "r", "tasks": [TASK], "models": ["minilm-l6"], "workers": 2,
+                                   "gpus_per_worker": 0.5}))
+    spec = load_run_spec(run)
+    assert (spec.workers, spec.gpus_per_worker) == (2, 0.5)
+
+
+def test_a_worker_with_another_model_is_named_by_what_differs() -> None:
+    driver = {"revision": "abc", "versions": {"torch": "2.13.0", "vllm": "0.32.0"}, "config": {"dtype": "auto"}}
+    worker = {"revision": "abd", "versions": {"torch": "2.12.0", "vllm": "0.32.0"}, "config": {"dtype": "auto"}}
+    assert differences(driver, worker) == ["revision: 'abc' / 'abd'", "versions.torch: '2.13.0' / '2.12.0'"]
