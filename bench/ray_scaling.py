@@ -133,7 +133,7 @@ def main() -> int:
         folder = Path(tmp)
         config = model_copy(args.model, args.cache_every, "cpu", folder)
         print(f"{args.model} over {TASK}, depth {args.depth}, cache_every {args.cache_every}, "
-              f"{os.cpu_count()} CPUs; cold cache each run")
+              f"{os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f}); cold cache each run")
         baseline = run(config, args.depth, folder / "one", None, None)
         report("one process, CPU", baseline, None)
         for n in args.workers:
