@@ -62,14 +62,16 @@ def test_bundle_contents(tmp_path: Path, tiny_cross_encoder: Path, results: Path
     assert bundle is not None
     metrics = json.loads((bundle / "metrics.json").read_text())
     assert set(metrics["first_stage"]) == {"nDCG@10", "AP(rel=2)", "R(rel=2)@100", "RR(rel=2)@10"}
-    assert set(metrics["reranked"]) == set(metrics["first_stage"])
+    # a cross-encoder has a probability of relevance: ECE and Brier beside the task's measures (the
+    # first stage has none, so no value)
+    assert set(metrics["reranked"]) == set(metrics["first_stage"]) | {"ECE", "Brier"}
     prov = metrics["provenance"]
     assert prov["models"][0]["type"] == "cross-encoder"
     assert metrics["stages"][0]["fingerprint"]["revision"].startswith("sha256:")
     assert "msmarco-passage/trec-dl-2019/qrels.dl19-passage.txt" in prov["data_checksums"]
     assert {"ir-measures", "torch", "transformers"} <= set(prov["libraries"])
     rows = (bundle / "per_query.tsv").read_text().splitlines()
-    assert len(rows) == 1 + 43 * 4
+    assert len(rows) == 1 + 43 * 6
     judgments = [json.loads(line) for line in (bundle / "judgments.jsonl").read_text().splitlines()]
     assert len(judgments) == 43 * 5
     assert len((bundle / "run.trec").read_text().splitlines()) == 43 * 5
