@@ -86,7 +86,8 @@ def evaluate(run: Run, qrels: list[Qrel], measures: Iterable[str], context: Meas
             pooled[name] = float(own(run, ctx))
     aggregate = {n: pooled[n] if n in pooled else (sum(per_unit[n].values()) / len(per_unit[n]) if per_unit[n] else 0.0)
                  for n in names}
-    judged_set = set(judged)
+    # A changed-instruction query (FollowIR) has no qrels of its own: p-MRR reads it, so it is not unjudged.
+    judged_set = set(judged) | {p.changed for p in ctx.instruction_pairs}
     unjudged = sorted(q for q in run if q not in judged_set)
     if unjudged:
         log.warning("%d queries of the run are not in the qrels and are not evaluated (e.g. %s)",
