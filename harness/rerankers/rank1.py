@@ -37,6 +37,11 @@ Where this module departs from upstream, on purpose:
   prompts. It is the text upstream forces its answer after: like vLLM's detokenizer, a chain that
   ends inside a multi-byte UTF-8 character (its decode ends in U+FFFD) is given without that
   character's bytes; tokenizer.decode alone would end the forced prompt in U+FFFD.
+- Both backends generate through harness.generation. With vLLM the chains stream through one
+  engine (`stream`): an unfinished chain's forced answer (or its next rethink pass) is added to the
+  running engine the moment the chain ends, and each judgment is cached as soon as it is made;
+  upstream waits for every chain before one more `generate` call for the forced answers. The
+  requests and decoding are the same, so are the outputs (up to vLLM's batch-dependent numerics).
 
 Upstream passes an empty title as "{title} {text}" (a leading space) when its passages are dicts;
 we follow the harness's convention (title only when non-empty).
@@ -47,16 +52,32 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from harness.data import PROJECT_ROOT
-from harness.errors import ConfigError, HarnessError, InputError, MissingDependencyError, require
+from harness.errors import ConfigError, InputError, MissingDependencyError, require
+from harness.generation import (
+    Finish,
+    GenerationBackend,
+    GenerationOptions,
+    GenerationRecord,
+    GenerationRequest,
+    HfGenerator,
+    VllmGenerator,
+    VllmSettings,
+    cut_at_stop,
+    decode_record,
+    filled,
+    group_by,
+    model_eos_ids,
+    run_lockstep,
+    translate,
+)
 from harness.records import Document, Judgment, Rank1Pass, Rank1Record
 from harness.rerankers.base import ModelConfig, PointwiseReranker, Preview, RerankRequest, package_version
 
@@ -148,21 +169,13 @@ def render_prompt(query: str, passage: str) -> str:
     return PROMPT_TEMPLATE.format(query=query, passage=passage)
 
 
-@dataclass(frozen=True)
-class Generation:
-    """One greedy continuation, as either backend reports it."""
-
-    token_ids: tuple[int, ...]
-    text: str  # decoded token ids, cut before a stop string, without a final EOS
-    finish: str  # "stop" (a stop string), "eos", or "length"
-    last_logprobs: Mapping[int, float]  # top-k (and the chosen token) at the last generated position
-    prompt_tokens: int
+# One greedy continuation, as either backend reports it (harness.generation)
+Generation = GenerationRecord
 
 
 def finished_text(decoded: str) -> tuple[str, bool]:
     """The text before the first stop string (as vLLM reports it) and whether one occurred."""
-    hits = [i for i in (decoded.find(s) for s in STOP_STRINGS) if i >= 0]
-    return (decoded[: min(hits)], True) if hits else (decoded, False)
+    return cut_at_stop(decoded, STOP_STRINGS)
 
 
 def true_false_score(logprobs: Mapping[int, float], true_id: int, false_id: int) -> float | None:
@@ -200,70 +213,66 @@ def rethink_prompt(prompt: str, text: str) -> str:
 GenerateFn = Callable[[list[str], int, tuple[int, int] | None], list[Generation]]
 
 
+class Ask(NamedTuple):
+    """One generation a judgment needs: a chain (allowed None) or a forced answer."""
+
+    prompt: str
+    max_tokens: int
+    allowed: tuple[int, int] | None
+
+
+def judge_steps(prompt: str, true_id: int, false_id: int, max_new_tokens: int,
+                rethink: int = 0) -> Generator[Ask, Generation, Judgment]:
+    """The judgment of one prompt, as a program (harness.generation): it asks for the chain, each
+    rethink pass, and the forced answer when the last pass cannot be scored, and returns the judgment."""
+    current = prompt
+    passes: list[Generation] = [(yield Ask(current, max_new_tokens, None))]
+    for _ in range(rethink):
+        current = rethink_prompt(current, passes[-1].text)
+        passes.append((yield Ask(current, max_new_tokens, None)))
+    gen = passes[-1]
+    score, fallback = true_false_score(gen.last_logprobs, true_id, false_id), None
+    finish: str = gen.finish
+    forced = score is None
+    if forced:
+        answer = yield Ask(forced_prompt(current, gen.text), 1, (true_id, false_id))
+        score, finish = true_false_score(answer.last_logprobs, true_id, false_id), "forced"
+        fallback = "forced-answer" if score is not None else "unscorable"
+    elif gen.finish != "stop":
+        fallback = "unfinished-scored"
+    record = Rank1Record(
+        reasoning=current[len(prompt):] + gen.text,
+        generated_tokens=sum(len(p.token_ids) for p in passes) + (1 if forced else 0),
+        prompt_tokens=passes[0].prompt_tokens,
+        finish=finish,
+        chain_finish=gen.finish,
+        forced=forced,
+        passes=[Rank1Pass(finish=p.finish, tokens=len(p.token_ids)) for p in passes],
+    )
+    return Judgment("", "", UNSCORABLE_SCORE if score is None else score, record, fallback)
+
+
 def judge(prompts: Sequence[str], generate: GenerateFn, true_id: int, false_id: int,
           max_new_tokens: int, rethink: int = 0) -> list[Judgment]:
-    """Score prompts with a backend's greedy `generate`: the rank1 chain, rethinks, and forcing."""
-    current = list(prompts)
-    passes: list[list[Generation]] = [generate(current, max_new_tokens, None)]
-    for _ in range(rethink):
-        current = [rethink_prompt(p, g.text) for p, g in zip(current, passes[-1], strict=True)]
-        passes.append(generate(current, max_new_tokens, None))
-    final = passes[-1]
-    scores = [true_false_score(g.last_logprobs, true_id, false_id) for g in final]
-    to_force = [i for i, s in enumerate(scores) if s is None]
-    forced: dict[int, Generation] = {}
-    if to_force:
-        outs = generate([forced_prompt(current[i], final[i].text) for i in to_force], 1, (true_id, false_id))
-        forced = dict(zip(to_force, outs, strict=True))
-    judgments = []
-    for i, prompt in enumerate(prompts):
-        gen = final[i]
-        score, fallback, finish = scores[i], None, gen.finish
-        if i in forced:
-            score, finish = true_false_score(forced[i].last_logprobs, true_id, false_id), "forced"
-            fallback = "forced-answer" if score is not None else "unscorable"
-        elif gen.finish != "stop":
-            fallback = "unfinished-scored"
-        record = Rank1Record(
-            reasoning=current[i][len(prompt):] + gen.text,
-            generated_tokens=sum(len(p[i].token_ids) for p in passes) + (1 if i in forced else 0),
-            prompt_tokens=passes[0][i].prompt_tokens,
-            finish=finish,
-            chain_finish=gen.finish,
-            forced=i in forced,
-            passes=[Rank1Pass(finish=p[i].finish, tokens=len(p[i].token_ids)) for p in passes],
-        )
-        judgments.append(Judgment("", "", UNSCORABLE_SCORE if score is None else score, record, fallback))
-    return judgments
+    """Score prompts with a backend's greedy `generate`, in lock step: every chain, then every
+    rethink pass, then the forced answers, each round in as few `generate` calls as it has kinds."""
+
+    def grouped(asks: list[Ask]) -> list[Generation]:
+        out: list[Generation | None] = [None] * len(asks)
+        for (max_tokens, allowed), idx in group_by([(a.max_tokens, a.allowed) for a in asks]).items():
+            for i, gen in zip(idx, generate([asks[i].prompt for i in idx], max_tokens, allowed), strict=True):
+                out[i] = gen
+        return filled(out)
+
+    programs = [judge_steps(p, true_id, false_id, max_new_tokens, rethink) for p in prompts]
+    return run_lockstep(programs, grouped)
 
 
-REPLACEMENT = "\ufffd"  # what a decode gives for bytes that are not (yet) a whole UTF-8 character
-# Tokens decoded to look at the end of a text: more bytes than a UTF-8 character has (4), so a cut
-# this far back cannot change how the text ends (the encoding resynchronises within a character).
-TAIL_TOKENS = 16
-
-
-def decode_as_vllm(tokenizer: Any, ids: Sequence[int]) -> str:
-    """The generated ids as vLLM reports them in `text`: its incremental detokenizer (tokenizers'
-    DecodeStream, and vLLM 0.7's detokenize_incrementally, which upstream ran) holds back any text
-    that ends in U+FFFD, so a chain cut inside a multi-byte character ends before that character."""
-    text = tokenizer.decode(ids, skip_special_tokens=False)
-    if not text.endswith(REPLACEMENT):
-        return text
-    n = len(ids) - 1
-    while n and tokenizer.decode(ids[max(0, n - TAIL_TOKENS) : n], skip_special_tokens=False).endswith(REPLACEMENT):
-        n -= 1
-    return tokenizer.decode(ids[:n], skip_special_tokens=False)
-
-
-def decode_generation(tokenizer: Any, token_ids: Sequence[int], eos_ids: set[int], finish: str,
+def decode_generation(tokenizer: Any, token_ids: Sequence[int], eos_ids: set[int], finish: Finish,
                       last_logprobs: Mapping[int, float], prompt_tokens: int) -> Generation:
-    ids = list(token_ids)
-    body = ids[:-1] if ids and ids[-1] in eos_ids and finish == "eos" else ids
-    text, stopped = finished_text(decode_as_vllm(tokenizer, body))
-    if stopped:
-        finish = "stop"
-    return Generation(tuple(ids), text, finish, dict(last_logprobs), prompt_tokens)
+    """A chain's record from its ids: the text as vLLM reports it (a partial UTF-8 character held
+    back), cut before rank1's stop strings (harness.generation.decode_record)."""
+    return decode_record(tokenizer, token_ids, eos_ids, finish, last_logprobs, prompt_tokens, stop=STOP_STRINGS)
 
 
 # --- the reranker --------------------------------------------------------------------------------
@@ -354,6 +363,19 @@ class Rank1(PointwiseReranker):
         judged = judge(inputs, self._engine.generate, self.true_id, self.false_id, cfg.max_new_tokens, cfg.rethink)
         return self.passage_fit().mark(inputs, judged)
 
+    def stream(self, items: list[Any]) -> Iterator[list[tuple[int, Any]]]:
+        """The items' outputs as they finish. vLLM: every chain in one engine, a forced answer (or a
+        rethink pass) added to it the moment its chain ends, each item handed back when its judgment
+        is made; transformers: all of them at the end, in the lock step of `score_pairs`."""
+        self.load()
+        cfg = self.config
+        prompts = [self.render(source) for source in items]
+        programs = [judge_steps(p, self.true_id, self.false_id, cfg.max_new_tokens, cfg.rethink) for p in prompts]
+        for group in self._engine.run(programs, len(programs)):
+            judged = self.passage_fit().mark([prompts[i] for i, _ in group], [j for _, j in group])
+            self.calls += len(group)
+            yield [(i, self.output(j)) for (i, _), j in zip(group, judged, strict=True)]
+
     def fingerprint(self) -> dict[str, Any]:
         fp = super().fingerprint()
         # memory and scheduler limits do not decide an output
@@ -380,202 +402,59 @@ class Rank1(PointwiseReranker):
         }
 
 
-def model_eos_ids(local_dir: str, tokenizer: Any, trust_remote_code: bool) -> set[int]:
-    """The ids that end a chain, as vLLM takes them: the tokenizer's EOS and the generation config's
-    (config.json's when there is no generation_config.json)."""
-    import transformers
+class Rank1Generation:
+    """rank1's requests on a generation backend (harness.generation): greedy, special tokens kept,
+    the top `logprobs` of the last position; a chain stops at rank1's stop strings, a forced answer
+    is one token restricted to ' true' / ' false'."""
 
-    if (Path(local_dir) / "generation_config.json").is_file():
-        eos = transformers.GenerationConfig.from_pretrained(local_dir).eos_token_id
-    else:
-        eos = transformers.AutoConfig.from_pretrained(local_dir, trust_remote_code=trust_remote_code).eos_token_id
-    ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    return {int(i) for i in ids}
+    def __init__(self, backend: GenerationBackend, logprobs: int) -> None:
+        self.backend, self.logprobs = backend, logprobs
+
+    def request(self, ask: Ask) -> GenerationRequest:
+        return GenerationRequest(ask.prompt, GenerationOptions(
+            max_tokens=ask.max_tokens, stop=() if ask.allowed else STOP_STRINGS, allowed_token_ids=ask.allowed,
+            logprobs=self.logprobs))
+
+    def generate(self, prompts: list[str], max_tokens: int, allowed: tuple[int, int] | None) -> list[Generation]:
+        return self.backend.generate([self.request(Ask(p, max_tokens, allowed)) for p in prompts])
+
+    def run(self, programs: Sequence[Generator[Ask, Generation, Judgment]],
+            chunk: int) -> Iterator[list[tuple[int, Judgment]]]:
+        return self.backend.run([translate(p, self.request) for p in programs], chunk)
 
 
-def all_filled(result: list[Generation | None]) -> list[Generation]:
-    missing = sum(g is None for g in result)
-    if missing:
-        raise HarnessError(f"the rank1 backend returned no output for {missing} prompts")
-    return [g for g in result if g is not None]
-
-
-class VllmEngine:
-    """All prompts of a cache chunk in one `LLM.generate` call, as upstream does."""
+class VllmEngine(Rank1Generation):
+    """vLLM: every prompt's chain in one engine; follow-ups enter it as their chains end."""
 
     def __init__(self, config: Rank1Config, owner: Rank1) -> None:
-        vllm = require("vllm", "vllm", "the rank1 family's vLLM backend")
-        self.config, self.tokenizer = config, owner.tokenizer
-        kwargs: dict[str, Any] = {}
         if config.quantization is not None and not isinstance(config.quantization, str):
             raise ConfigError(f"{config.name}: quantizing on load ({config.quantization.method}) needs "
                               "`backend: transformers`; vLLM takes checkpoints quantized already (`quantization: awq`)")
-        if config.max_num_seqs is not None:
-            kwargs["max_num_seqs"] = config.max_num_seqs
-        if config.logprobs > 20:  # vLLM's default max_logprobs: it would refuse the first request
-            kwargs["max_logprobs"] = config.logprobs
-        self.llm = vllm.LLM(  # type: ignore[attr-defined]
-            model=owner.weights.local_dir, dtype=config.dtype, max_model_len=config.context_size,
-            gpu_memory_utilization=config.gpu_memory_utilization, quantization=config.quantization,
-            enforce_eager=config.enforce_eager, tensor_parallel_size=config.tensor_parallel_size,
-            trust_remote_code=config.trust_remote_code, seed=config.seed,
-            logprobs_mode="processed_logprobs", **kwargs)
-        self.eos_ids = model_eos_ids(owner.weights.local_dir, self.tokenizer, config.trust_remote_code)
-
-    def generate(self, prompts: list[str], max_tokens: int, allowed: tuple[int, int] | None) -> list[Generation]:
-        from vllm import SamplingParams
-
-        params = SamplingParams(
-            temperature=0.0, max_tokens=max_tokens, logprobs=self.config.logprobs, skip_special_tokens=False,
-            stop=None if allowed else list(STOP_STRINGS), allowed_token_ids=list(allowed) if allowed else None)
-        # A deterministic order (by prompt text) keeps the batch the same whatever the request order,
-        # and puts prompts sharing a query next to each other for the prefix cache.
-        order = sorted(range(len(prompts)), key=lambda i: prompts[i])
-        outputs = self.llm.generate([prompts[i] for i in order], params, use_tqdm=False)
-        result: list[Generation | None] = [None] * len(prompts)
-        for i, out in zip(order, outputs, strict=True):
-            comp = out.outputs[0]
-            if comp.finish_reason not in ("stop", "length"):
-                raise HarnessError(f"vLLM ended a rank1 generation with {comp.finish_reason!r}")
-            finish = "length" if comp.finish_reason == "length" else "stop" if isinstance(comp.stop_reason, str) \
-                else "eos"
-            last = {int(t): float(lp.logprob) for t, lp in comp.logprobs[-1].items()} if comp.logprobs else {}
-            result[i] = decode_generation(self.tokenizer, comp.token_ids, self.eos_ids, finish, last,
-                                          len(out.prompt_token_ids or []))
-        return all_filled(result)
+        folder = owner.weights.local_dir
+        settings = VllmSettings(
+            model=folder, dtype=config.dtype, max_model_len=config.context_size,
+            gpu_memory_utilization=config.gpu_memory_utilization, enforce_eager=config.enforce_eager,
+            tensor_parallel_size=config.tensor_parallel_size, max_num_seqs=config.max_num_seqs,
+            quantization=config.quantization, trust_remote_code=config.trust_remote_code, seed=config.seed,
+            max_logprobs=config.logprobs)
+        generator = VllmGenerator(settings, owner.tokenizer,
+                                  model_eos_ids(folder, owner.tokenizer, config.trust_remote_code))
+        super().__init__(generator, config.logprobs)
+        self.llm = generator.llm
 
 
-class HfEngine:
-    """Greedy generation with transformers: left padding, stop strings, top-k logprobs per step."""
+class HfEngine(Rank1Generation):
+    """transformers: batches of `batch_size` prompts sorted by length, chains stopped at the context."""
 
     def __init__(self, config: Rank1Config, owner: Rank1) -> None:
         transformers = require("transformers", "models", "the rank1 family")
         from harness.rerankers.base import torch_device_and_dtype
         from harness.rerankers.hf import load_kwargs, place
 
-        self.config, self.tokenizer = config, owner.tokenizer
-        self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
         device, dtype = torch_device_and_dtype(config)
         model = transformers.AutoModelForCausalLM.from_pretrained(  # type: ignore[attr-defined]
             owner.weights.local_dir, dtype=dtype, trust_remote_code=config.trust_remote_code,
             **load_kwargs(config.quantization, device))
-        self.eos_ids = model_eos_ids(owner.weights.local_dir, self.tokenizer, config.trust_remote_code)
-        # The checkpoint's sampling defaults (repetition penalty, top-k, ...) must not leak in: vLLM
-        # ignores them too when it is given explicit sampling parameters.
-        model.generation_config = transformers.GenerationConfig(  # type: ignore[attr-defined]
-            do_sample=False, eos_token_id=sorted(self.eos_ids), pad_token_id=self.tokenizer.pad_token_id,
-            bos_token_id=self.tokenizer.bos_token_id)
-        self.model = place(model, device)
-        self.device = device
-
-    def generate(self, prompts: list[str], max_tokens: int, allowed: tuple[int, int] | None) -> list[Generation]:
-        import torch
-
-        lengths = [len(ids) for ids in self.tokenizer(prompts, add_special_tokens=True)["input_ids"]]
-        too_long = [n for n in lengths if n >= self.config.context_size]
-        if too_long:
-            raise HarnessError(f"a rank1 prompt of {max(too_long)} tokens does not fit context_size "
-                               f"{self.config.context_size}")
-        order = sorted(range(len(prompts)), key=lambda i: lengths[i], reverse=True)
-        result: list[Generation | None] = [None] * len(prompts)
-        with torch.no_grad():  # not inference_mode: quanto weights fail under it
-            for start in range(0, len(order), self.config.batch_size):
-                idx = order[start : start + self.config.batch_size]
-                for i, gen in zip(idx, self._batch([prompts[i] for i in idx], max_tokens, allowed), strict=True):
-                    result[i] = gen
-        return all_filled(result)
-
-    def _batch(self, prompts: list[str], max_tokens: int, allowed: tuple[int, int] | None) -> list[Generation]:
-        import transformers
-
-        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=True).to(self.device)
-        width = enc["input_ids"].shape[1]
-        prompt_lens = enc["attention_mask"].sum(dim=1).tolist()
-        recorder = _TopLogprobs(self.config.logprobs)
-        processors: list[Any] = [_AllowOnly(allowed)] if allowed else []
-        stopper = _StopStrings(self.tokenizer, width, prompt_lens, self.config.context_size,
-                               () if allowed else STOP_STRINGS)
-        out = self.model.generate(
-            **enc, max_new_tokens=max_tokens, do_sample=False,
-            logits_processor=transformers.LogitsProcessorList([*processors, recorder]),
-            stopping_criteria=transformers.StoppingCriteriaList([stopper]))
-        generated = out[:, width:].tolist()
-        gens = []
-        for row, ids in enumerate(generated):
-            length, finish = len(ids), "length"
-            eos_at = next((t for t, tok in enumerate(ids) if tok in self.eos_ids), None)
-            if eos_at is not None:
-                length, finish = eos_at + 1, "eos"
-            if row in stopper.done_at and stopper.done_at[row][0] <= length:
-                length, finish = stopper.done_at[row]
-            gens.append(decode_generation(self.tokenizer, ids[:length], self.eos_ids, finish,
-                                          recorder.at(length - 1, row), int(prompt_lens[row])))
-        return gens
-
-
-class _TopLogprobs:
-    """A logits processor that changes nothing and keeps the top-k logprobs of every step."""
-
-    def __init__(self, k: int) -> None:
-        self.k = k
-        self.steps: list[tuple[Any, Any]] = []  # (ids, logprobs) tensors of shape (batch, k), on the CPU
-
-    def __call__(self, input_ids: Any, scores: Any) -> Any:
-        import torch
-
-        values, ids = torch.log_softmax(scores.float(), dim=-1).topk(self.k, dim=-1)
-        self.steps.append((ids.cpu(), values.cpu()))
-        return scores
-
-    def at(self, step: int, row: int) -> dict[int, float]:
-        ids, values = self.steps[step]
-        return dict(zip(ids[row].tolist(), values[row].tolist(), strict=True))
-
-
-class _AllowOnly:
-    """Mask every token but the allowed ones (vLLM's allowed_token_ids)."""
-
-    def __init__(self, allowed: tuple[int, ...]) -> None:
-        self.allowed = list(allowed)
-
-    def __call__(self, input_ids: Any, scores: Any) -> Any:
-        import torch
-
-        masked = torch.full_like(scores, float("-inf"))
-        masked[:, self.allowed] = scores[:, self.allowed]
-        return masked
-
-
-class _StopStrings:
-    """Stop a row when its generated text contains a stop string or its context is full.
-
-    Records (generated length, finish) per row; only the tail is decoded since a stop string is
-    short and the first match ends the row.
-    """
-
-    TAIL = 16
-
-    def __init__(self, tokenizer: Any, width: int, prompt_lens: list[int], context: int,
-                 stops: Sequence[str]) -> None:
-        self.tokenizer, self.width, self.prompt_lens, self.context, self.stops = (
-            tokenizer, width, prompt_lens, context, stops)
-        self.done_at: dict[int, tuple[int, str]] = {}
-
-    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-        import torch
-
-        n = input_ids.shape[1] - self.width
-        flags = []
-        for row in range(input_ids.shape[0]):
-            if row not in self.done_at:
-                tail = self.tokenizer.decode(input_ids[row, -min(n, self.TAIL):].tolist(), skip_special_tokens=False)
-                if any(s in tail for s in self.stops):
-                    self.done_at[row] = (n, "stop")
-                elif self.prompt_lens[row] + n >= self.context:
-                    self.done_at[row] = (n, "length")
-            flags.append(row in self.done_at)
-        return torch.tensor(flags, dtype=torch.bool, device=input_ids.device)
+        eos_ids = model_eos_ids(owner.weights.local_dir, owner.tokenizer, config.trust_remote_code)
+        super().__init__(HfGenerator(place(model, device), owner.tokenizer, eos_ids=eos_ids, device=device,
+                                     batch_size=config.batch_size, context=config.context_size), config.logprobs)

@@ -57,17 +57,23 @@ def merged_root() -> Path:
     return cache_dir().parent / "merged"
 
 
-def merge_key(adapter: ResolvedWeights, base: ResolvedWeights, dtype: str) -> str:
-    blob = json.dumps({"adapter": adapter.revision, "base": base.revision, "dtype": dtype}, sort_keys=True)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+SEQ_CLS_LOADER = "AutoModelForSequenceClassification"
+
+
+def merge_key(adapter: ResolvedWeights, base: ResolvedWeights, dtype: str, loader: str = SEQ_CLS_LOADER) -> str:
+    key = {"adapter": adapter.revision, "base": base.revision, "dtype": dtype}
+    if loader != SEQ_CLS_LOADER:  # the sequence classifiers' keys are those from before other heads
+        key["loader"] = loader
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode("utf-8")).hexdigest()
 
 
 def merged_checkpoint(adapter: ResolvedWeights, base: ResolvedWeights, dtype: str, *, tokenizer_from: str,
-                      trust_remote_code: bool = False) -> Path:
+                      trust_remote_code: bool = False, loader: str = SEQ_CLS_LOADER) -> Path:
     """The folder of `adapter` merged onto `base` in `dtype` (with the tokenizer of `tokenizer_from`),
     written once under `merged_root()` and reused. Written to a temporary folder and renamed, so a
-    killed merge leaves no half folder behind and two processes that merge at once both end well."""
-    folder = merged_root() / merge_key(adapter, base, dtype)
+    killed merge leaves no half folder behind and two processes that merge at once both end well.
+    `loader` names the transformers auto class of the head (AutoModelForCausalLM for listwise)."""
+    folder = merged_root() / merge_key(adapter, base, dtype, loader)
     if (folder / MERGE_MARKER).is_file():
         log.info("reusing the merged checkpoint %s", folder)
         return folder
@@ -76,7 +82,7 @@ def merged_checkpoint(adapter: ResolvedWeights, base: ResolvedWeights, dtype: st
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".{folder.name}.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    model = load_model(transformers.AutoModelForSequenceClassification,  # type: ignore[attr-defined]
+    model = load_model(getattr(transformers, loader),
                        adapter, base, merge=True, trust_remote_code=trust_remote_code,
                        dtype=getattr(torch, dtype))
     model.save_pretrained(tmp)
