@@ -102,3 +102,14 @@ def test_members_are_checked_when_it_runs(tmp_path: Path, tiny_cross_encoder: Pa
     with pytest.raises(ConfigError, match="trained on trec-dl-2019"):
         evaluate(config_file(tmp_path, "uses-trained", type="ensemble", members=[trained]), results)
     assert load_model_config("minilm-ce-ensemble").members[0] == "results/train/minilm-ce-k1-s1"
+
+
+def test_an_ensemble_of_members_without_a_probability_has_none(tmp_path: Path, tiny_cross_encoder: Path) -> None:
+    from harness.calibration import probability_map
+
+    with_one = config_file(tmp_path, "with", type="ensemble", members=[member(tmp_path, "m", tiny_cross_encoder)] * 2)
+    assert "mean of the members" in probability_map(load_model_config(with_one)).says
+    without = config_file(tmp_path, "without", type="ensemble", members=["minilm-l6", member(tmp_path, "m2",
+                                                                                             tiny_cross_encoder)])
+    stated = probability_map(load_model_config(without))
+    assert stated.of is None and "minilm-l6" in stated.says

@@ -189,6 +189,19 @@ class Ensemble:
         return out
 
     @staticmethod
+    def probability_statement(config: EnsembleConfig, weights: ResolvedWeights | None = None) -> Any:
+        """harness.calibration's ProbabilityMap: the members' mean, when every member has a probability."""
+        from harness.calibration import ProbabilityMap, probability_map
+        from harness.registry import resolve_model_weights
+
+        members = config.member_configs()
+        lacking = [c.name for c in members if probability_map(c, resolve_model_weights(c)).of is None]
+        if lacking:
+            return ProbabilityMap(None, f"none: member(s) {', '.join(lacking)} state no probability of relevance")
+        return ProbabilityMap(Ensemble.probability, "the mean of the members' probabilities of relevance",
+                              Ensemble.spread_of)
+
+    @staticmethod
     def probability(judgment: Judgment) -> float | None:
         """The members' mean probability of relevance (none unless every member has one)."""
         record = judgment.record
