@@ -114,6 +114,13 @@ class EngineStats:
         self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
 
 
+def streams_whole_job(family: object) -> bool:
+    """Whether a streaming family wants the whole job at once (its `streams_whole_job`, e.g. a vLLM
+    backend) rather than `cache_every` items at a time (a transformers backend streams in lock step,
+    so a chunk is what a kill may lose)."""
+    return isinstance(family, Streams) and bool(getattr(family, "streams_whole_job", False))
+
+
 class Engine:
     """Runs the items of one family through one cache. `run` may be called several times (the rounds
     of listwise windows); counts and times add up across calls."""
@@ -178,7 +185,10 @@ class Engine:
         if todo and self.executor is not None:  # on workers, in the same chunks; committed here
             waited = self.executor.compute(self, todo, commit, arrived)
         else:
-            waited = compute_once(self.cache, list(todo), self.cache_every, compute, arrived) if todo else 0.0
+            # A backend that streams a whole job (vLLM) gets every pending item in one call: fixed chunks
+            # would leave its engine idle at each chunk's tail. Items are still committed as they finish.
+            step = len(todo) if streams_whole_job(self.family) else self.cache_every
+            waited = compute_once(self.cache, list(todo), step, compute, arrived) if todo else 0.0
         self.stats.computed += len(computed)
         self.stats.from_cache += sum(1 for k in keys if k not in computed)
         # Cache: everything else of the run (look-up, claims, commits, keys), not timed piece by piece.

@@ -115,6 +115,41 @@ def test_streaming_family_commits_each_group(tmp_path: Path, monkeypatch: pytest
             Engine(Streaming([[0]]), {"model": "short"}, cache, cache_every=100).run([1, 2])
 
 
+class WholeJob(Streaming):
+    """A streaming backend that takes a whole job at once (vLLM): it is asked once, whatever cache_every."""
+
+    streams_whole_job = True
+
+    def __init__(self) -> None:
+        super().__init__([[0], [1, 2], [3]])
+        self.asked: list[int] = []
+
+    def stream(self, items: list[Any]) -> Iterator[list[tuple[int, Any]]]:
+        self.asked.append(len(items))
+        yield from super().stream(items)
+
+
+def test_a_whole_job_backend_streams_every_item_in_one_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = tmp_path / "calls.jsonl"
+    monkeypatch.setenv(CALL_LOG_ENV, str(calls))
+    with Cache(tmp_path / "cache.sqlite") as cache:
+        whole = WholeJob()
+        Engine(whole, {"model": "whole"}, cache, cache_every=2).run([1, 2, 3, 4])
+        assert whole.asked == [4]  # not [2, 2]: no chunk tail leaves the engine idle
+        assert [line["n"] for line in logged(calls)] == [1, 2, 1]  # still committed as items finish
+        chunked = Streaming([[0], [1]])
+        chunked_asked: list[int] = []
+        original = chunked.stream
+
+        def counting(items: list[Any]) -> Iterator[list[tuple[int, Any]]]:
+            chunked_asked.append(len(items))
+            return original(items)
+
+        chunked.stream = counting  # type: ignore[method-assign]
+        Engine(chunked, {"model": "chunked"}, cache, cache_every=2).run([5, 6, 7, 8])
+        assert chunked_asked == [2, 2]  # a lock-step (transformers) stream keeps the chunks
+
+
 # --- a family from outside the package --------------------------------------------------------------
 
 def test_family_under_tests_runs_end_to_end(tmp_path: Path) -> None:

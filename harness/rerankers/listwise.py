@@ -431,6 +431,11 @@ class ListwiseReranker(Family):
         self.calls += len(prompts)
         return [window_output(r) for r in records]
 
+    @property
+    def streams_whole_job(self) -> bool:
+        """vLLM takes every window of a round at once (the engine then hands them over in one call)."""
+        return self.config.backend == "vllm"
+
     def stream(self, items: list[Any]) -> Iterator[list[tuple[int, Any]]]:
         """The windows' outputs as they finish (vLLM: after each engine step; transformers: all of
         them at the end, in the batches of `compute`)."""

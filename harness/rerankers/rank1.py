@@ -363,6 +363,11 @@ class Rank1(PointwiseReranker):
         judged = judge(inputs, self._engine.generate, self.true_id, self.false_id, cfg.max_new_tokens, cfg.rethink)
         return self.passage_fit().mark(inputs, judged)
 
+    @property
+    def streams_whole_job(self) -> bool:
+        """vLLM takes every chain of a job at once (the engine then hands them over in one call)."""
+        return self.config.backend == "vllm"
+
     def stream(self, items: list[Any]) -> Iterator[list[tuple[int, Any]]]:
         """The items' outputs as they finish. vLLM: every chain in one engine, a forced answer (or a
         rethink pass) added to it the moment its chain ends, each item handed back when its judgment
