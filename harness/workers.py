@@ -19,9 +19,10 @@ The engine still decides everything that decides an output; the workers only com
   the same cut. A worker writes the call-log line of what its model computed (HARNESS_CALL_LOG, as one
   process does), so a chunk computed by a worker that died before its result came back counts too.
 
-vLLM schedules a chunk's requests step by step, and batch composition can change an output's last
-bits unless vLLM runs batch invariant (`VLLM_BATCH_INVARIANT=1`): the stage's execution record says
-which mode ran. A family whose backend streams (`stream`) is computed chunk by chunk on a worker.
+vLLM schedules a chunk's requests step by step (and one process streams a whole job through one
+engine), and batch composition can change an output's last bits unless vLLM runs batch invariant
+(`VLLM_BATCH_INVARIANT=1`): the stage's execution record says which mode ran. A family whose backend
+streams (`stream`) is computed chunk by chunk on a worker.
 """
 
 from __future__ import annotations
@@ -283,8 +284,9 @@ def pool_mode(pool: _Pool, workers: int) -> str:
         return base + " (same batches): outputs bitwise those of one process"
     if pool.batch_invariant:
         return base + "; vLLM batch invariant (VLLM_BATCH_INVARIANT=1)"
-    return base + ("; vLLM batch invariance off: vLLM batches a chunk's requests dynamically, so an output may "
-                   "differ in its last bits from a one-process run")
+    return base + ("; vLLM batch invariance off: vLLM batches a chunk's requests dynamically (one process streams "
+                   "the whole job through one engine), so an output may differ in its last bits from a one-process "
+                   "run")
 
 
 class RayWorkers:
