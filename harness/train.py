@@ -72,7 +72,8 @@ class TrainData(BaseModel):
 
 
 class Reduced(BaseModel):
-    """What changes at the reduced size (CPU): fewer pairs, shorter inputs, fewer steps."""
+    """What changes at the reduced size (CPU): fewer pairs, shorter inputs, fewer steps (smaller
+    batches, and the learning rate that suits them)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -81,6 +82,7 @@ class Reduced(BaseModel):
     epochs: float | None = Field(default=None, gt=0)
     max_steps: int | None = Field(default=None, ge=1)
     batch_size: int | None = Field(default=None, ge=1)
+    learning_rate: float | None = Field(default=None, gt=0)
 
 
 class TrainConfig(BaseModel):

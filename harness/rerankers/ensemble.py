@@ -11,6 +11,9 @@ A member is anything `--model` takes: a config name, a YAML path, or a trained m
 the cache under its own fingerprint, so an ensemble of models already evaluated on a task computes
 nothing new, and a member's outputs are the ones it gives alone.
 
+Counts: a pair is `computed` when every member computed it, else `from_cache`; the stage's seconds
+are split per member (`member NAME`), so the ensemble's scoring cost is the sum of its members'.
+
 Score: each member's scores are normalized per query (z-score over the query's candidates by
 default: members on different scales weigh alike; `probability`: each member's probability of
 relevance, `none`: raw scores) and combined (mean by default). Beside it every judgment records the
@@ -139,7 +142,7 @@ class Ensemble:
         outputs: list[list[Ranking]] = []
         stats = RerankStats(items=sum(len(r.candidates) for r in requests))
         seconds: dict[str, float] = {}
-        computed: set[tuple[str, str]] = set()
+        cached: set[tuple[str, str]] = set()  # pairs for which some member's output came from the cache
         share = _Share(progress, len(self.members))
         for config, member in zip(self.member_configs, self.members, strict=True):
             started = time.perf_counter()
@@ -150,9 +153,11 @@ class Ensemble:
             seconds[f"member {config.name}"] = seconds.get(f"member {config.name}", 0.0) + time.perf_counter() - started
             for name, n in done.fallbacks.items():
                 stats.fallbacks[f"{config.name}:{name}"] = stats.fallbacks.get(f"{config.name}:{name}", 0) + n
-            computed.update((j.query_id, j.doc_id) for r in rankings for j in r if not j.cached)
-        stats.computed = len(computed)
-        stats.from_cache = stats.items - stats.computed
+            cached.update((j.query_id, j.doc_id) for r in rankings for j in r if j.cached)
+        # A pair counts as computed only when every member computed it: then the stage's time is the whole
+        # ensemble's cost (compare's seconds per 100 documents); with a member cached it is not.
+        stats.from_cache = len(cached)
+        stats.computed = stats.items - stats.from_cache
         stats.seconds = seconds
         return [self._combine(req, [member[q] for member in outputs]) for q, req in enumerate(requests)], stats
 
