@@ -505,18 +505,23 @@ def compare_section(a: str, b: str, bundles: Mapping[str, tuple[str, str]]) -> l
     lines = ["## Calibration and confidence", "",
              "Over the judged pairs each final stage scored (relevance binarized at the task's threshold; "
              "lower is better); AUROC: the spread as a detector of wrong decisions (probability > 0.5 vs the "
-             "judgment; 0.5 = no signal, '-' = no spread). Per-query values of ECE/Brier/LogLoss compare like "
-             "any measure (`--measure ECE`).", "",
-             "| task | side | model | ECE | Brier | LogLoss | pairs | spread AUROC | decision accuracy |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "judgment; 0.5 = no signal, '-' = no spread); selective: the headline measure averaged over the "
+             "coverages of the selective curve (the queries with the least mean spread kept first) beside its value "
+             "over all queries (higher than it: the spread picks the better-ranked queries). Per-query values of "
+             "ECE/Brier/LogLoss compare like any measure (`--measure ECE`).", "",
+             "| task | side | model | ECE | Brier | LogLoss | pairs | spread AUROC | decision accuracy "
+             "| selective area (all) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for task, pair in sides.items():
         for label, name, record in (("A", a, pair[0]), ("B", b, pair[1])):
             conf = (record or {}).get("confidence") or {}
             accuracy = conf.get("accuracy")
             pairs = (record or {}).get("pairs", "-")
+            kept = conf.get("selective_queries") or {}
+            area = "-" if kept.get("area") is None else f"{kept['area']:.4f} ({kept['all']:.4f})"
             lines.append(f"| {task} | {label} | {name} | {_cell(record, 'ECE')} | {_cell(record, 'Brier')} | "
                          f"{_cell(record, 'LogLoss')} | {pairs} | {_cell(record, 'auroc', 3)} "
-                         f"| {'-' if accuracy is None else f'{accuracy:.4f}'} |")
+                         f"| {'-' if accuracy is None else f'{accuracy:.4f}'} | {area} |")
     return [*lines, ""]
 
 

@@ -201,7 +201,8 @@ def test_compare_reports_both_sides(tmp_path: Path) -> None:
         folder.mkdir()
         curve = [{"coverage": c / 4, "value": 1 - c / 8} for c in range(1, 5)]
         conf = None if auc is None else {"auroc_wrong": auc, "accuracy": 0.7, "selective_pairs": curve,
-                                         "selective_queries": {"measure": "nDCG@10", "curve": curve}}
+                                         "selective_queries": {"measure": "nDCG@10", "curve": curve, "area": 0.8,
+                                                               "all": 0.75}}
         (folder / "calibration.json").write_text(json.dumps({"ECE": 0.1, "Brier": 0.2, "LogLoss": 0.6, "pairs": 10,
                                                              "relevance_threshold": 2, "probability": "p",
                                                              "confidence": conf}))
@@ -209,8 +210,8 @@ def test_compare_reports_both_sides(tmp_path: Path) -> None:
 
     bundles = {"trec-dl-2019": (side("a", None), side("b", 0.625))}
     section = "\n".join(compare_section("A", "B", bundles))
-    assert "| trec-dl-2019 | A | A | 0.1000 | 0.2000 | 0.6000 | 10 | - | - |" in section
-    assert "| trec-dl-2019 | B | B | 0.1000 | 0.2000 | 0.6000 | 10 | 0.625 | 0.7000 |" in section
+    assert "| trec-dl-2019 | A | A | 0.1000 | 0.2000 | 0.6000 | 10 | - | - | - |" in section
+    assert "| trec-dl-2019 | B | B | 0.1000 | 0.2000 | 0.6000 | 10 | 0.625 | 0.7000 | 0.8000 (0.7500) |" in section
     assert compare_json(bundles)["trec-dl-2019"]["b"]["spread_auroc"] == 0.625
     assert "spread AUROC 0.625" in compare_summary(bundles)[0]
     assert compare_plots("A", "B", bundles, tmp_path) == [tmp_path / "selective.png"]
