@@ -38,8 +38,8 @@ def outcome_rows(outcome: Outcome) -> tuple[list[str], list[list[str]], list[str
 
         last = outcome.stages[-1].config  # a family without a probability says so, and gets no calibration
         reason = probability_map(last).says.removeprefix("none: ")
-        notes.append(f"calibration (ECE, Brier): none for {last.name}, which states no probability of relevance "
-                     f"({reason})")
+        notes.append(f"calibration (ECE, Brier): none for {last.name}, which states no probability of relevance: "
+                     f"{reason}")
     for st in outcome.stages:
         s = st.stats
         line = (f"{st.config.name}: {s.items} items, {s.from_cache} from cache, {s.computed} computed, "
