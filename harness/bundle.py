@@ -142,7 +142,7 @@ def write_bundle(outcome: Outcome, data: TaskData, results: Path) -> Path:
         stages=[_stage_execution(st) for st in outcome.stages],
     )
     _atomic_write(out / "execution.json", dump(execution))
-    from harness.calibration import write_calibration
+    from harness.calibration_report import write_calibration
 
     write_calibration(out, outcome, data)  # calibration.json, reliability.png (a final stage with a probability)
     _atomic_write(out / "metrics.json", dump(metrics))  # last: its presence marks a finished bundle

@@ -278,7 +278,7 @@ def markdown(c: Comparison, plots: Iterable[str] = ()) -> str:
                    else "partly or all from the cache: time it with a fresh cache")
             lines.append(f"| {label} | {r.task} | {cost.items} | {cost.computed} | {per} | {_f(cost.peak_rss_mb, 0)} "
                          f"| {_f(cost.peak_gpu_mb, 0)} |")
-    from harness.calibration import compare_section
+    from harness.calibration_report import compare_section
 
     lines += ["", *compare_section(c.a, c.b, c.bundles)]
     plots = list(plots)
@@ -298,7 +298,7 @@ def as_json(c: Comparison) -> dict[str, Any]:
                 "generated_tokens": r.tokens, "per_unit": dict(zip(r.units, zip(r.a, r.b, strict=True), strict=True)),
                 "cost": [None if x is None else {**x.__dict__, "seconds_per_100": x.per_100} for x in r.cost]}
 
-    from harness.calibration import compare_json
+    from harness.calibration_report import compare_json
 
     return {"a": c.a, "b": c.b, "margin": c.margin, "alpha": c.alpha, "equivalent": c.equivalent(),
             "tasks": [task(r) for r in c.tasks], "pooled": c.pooled.as_dict() if c.pooled else None,
@@ -340,7 +340,7 @@ def plot(c: Comparison, out: Path) -> list[Path]:
     paths.append(out / "scatter.png")
     fig.savefig(paths[-1], dpi=120)
     plt.close(fig)
-    from harness.calibration import compare_plots
+    from harness.calibration_report import compare_plots
 
     return paths + compare_plots(c.a, c.b, c.bundles, out)  # selective.png, when a side has a spread
 
@@ -375,7 +375,7 @@ def summary(c: Comparison) -> list[str]:
         t = c.pooled
         lines.append(f"all tasks (pooled, {t.n} units): delta {t.delta:+.4f}, t-test p {_p(t.p_t)}, "
                      f"TOST p {_p(t.p_tost)}")
-    from harness.calibration import compare_summary
+    from harness.calibration_report import compare_summary
 
     return lines + compare_summary(c.bundles)
 

@@ -194,7 +194,7 @@ def test_a_family_without_a_probability_says_so(results: Path) -> None:
 
 
 def test_compare_reports_both_sides(tmp_path: Path) -> None:
-    from harness.calibration import compare_json, compare_plots, compare_section, compare_summary
+    from harness.calibration_report import compare_json, compare_plots, compare_section, compare_summary
 
     def side(name: str, auc: float | None) -> str:
         folder = tmp_path / name
